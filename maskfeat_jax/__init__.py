@@ -1,0 +1,1 @@
+"""MaskFeat (masked feature prediction) pretraining in JAX/Flax."""
