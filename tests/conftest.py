@@ -1,0 +1,12 @@
+"""Test session set-up: 8 simulated CPU devices for the sharded tests (before JAX starts)."""
+
+import os
+import sys
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Configs import their shared pieces as `configs.common`; make the repo root importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
