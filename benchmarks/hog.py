@@ -4,9 +4,10 @@ Run from the repository root:
 
     python -m benchmarks.hog [--batch 64] [--size 224] [--repeats 10] [--out hog.json]
 
-Both sides get the same float32 batch (ImageNet-normalised crops of the photos
-bundled with scikit-image / scikit-learn by default, or uniform noise with
-``--input noise``). JAX functions are jitted and warmed up; every timing ends
+Both sides get the same float32 batch: crops of the photos bundled with
+scikit-image / scikit-learn as raw 0..255 pixel values (the default; what the
+train step feeds the HOG), ImageNet-normalised (``--input normalized``), or
+Gaussian noise (``--input noise``). JAX functions are jitted and warmed up; every timing ends
 with ``block_until_ready``. PyTorch runs under ``torch.no_grad`` with as many
 intra-op threads as JAX's CPU client has cores. Repeats are interleaved
 (jax, torch, jax, torch, ...) so load from other processes hits both alike;
@@ -51,8 +52,8 @@ def _photos() -> list[np.ndarray]:
             load_sample_image("flower.jpg")]
 
 
-def make_batch(batch: int, size: int, kind: str = "photos", seed: int = 0) -> np.ndarray:
-    """float32 NHWC batch: normalised random crops of real photos, or noise."""
+def make_batch(batch: int, size: int, kind: str = "pixels", seed: int = 0) -> np.ndarray:
+    """float32 NHWC batch: random crops of real photos (raw pixels or normalised), or noise."""
     rng = np.random.default_rng(seed)
     if kind == "noise":
         return rng.standard_normal((batch, size, size, 3), dtype=np.float32)
@@ -66,8 +67,10 @@ def make_batch(batch: int, size: int, kind: str = "photos", seed: int = 0) -> np
         x = rng.integers(0, p.shape[1] - size + 1)
         crop = p[y:y + size, x:x + size]
         crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
-    x = np.stack(crops).astype(np.float32) / 255.0
-    return (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = np.stack(crops).astype(np.float32)
+    if kind == "pixels":
+        return x
+    return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -83,7 +86,7 @@ def magnitude_dtype(input_dtype=jnp.bfloat16) -> str:
 
 
 def measure_hog(batch: int = 64, size: int = 224, repeats: int = 10, *,
-                warmup: int = 2, kind: str = "photos", with_torch: bool = True,
+                warmup: int = 2, kind: str = "pixels", with_torch: bool = True,
                 with_atan2: bool = False) -> dict:
     """Median seconds per batch for HOG and the 108-d target path.
 
@@ -154,6 +157,49 @@ def measure_hog(batch: int = 64, size: int = 224, repeats: int = 10, *,
     return result
 
 
+def measure_step_fraction(batch: int = 8, repeats: int = 3, *, variant: str = "B/16",
+                          size: int = 224) -> dict:
+    """HOG targets' time against one full ViT pretraining step (forward, HOG, loss,
+    backward, AdamW update) at the same batch, both jitted on this host's devices."""
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from configs import common
+    from maskfeat_jax import sharding, train
+
+    config = common.pretrain_config()
+    config.model.update(variant=variant, image_size=size)
+    config.input.batch_size = batch
+    config.total_steps = 100
+    config.optim.warmup_steps = 10
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)),
+                              devices=jax.devices()[:1])
+    trainer = train.build_trainer(config, mesh)
+    step = trainer.compile()
+    state = trainer.init(jax.random.key(0))
+    pixels = make_batch(batch, size, "pixels")
+    grid = size // 16
+    host = {"image": pixels.astype(np.uint8),
+            "mask": np.random.default_rng(0).random((batch, grid, grid)) < 0.4}
+    device_batch = sharding.to_global(host, trainer.batch_sharding)
+    x = jax.device_put(jnp.asarray(pixels))
+    targets = jax.jit(hog_targets)
+    targets(x).block_until_ready()
+    state, metrics = step(state, device_batch)  # warm-up
+    jax.block_until_ready(metrics)
+    step_times, hog_times = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = step(state, device_batch)
+        jax.block_until_ready(metrics)
+        step_times.append(time.perf_counter() - start)
+        hog_times.append(_timed(lambda: targets(x).block_until_ready()))
+    step_s, hog_s = statistics.median(step_times), statistics.median(hog_times)
+    return {"step_variant": variant, "step_batch": batch, "step_s": step_s,
+            "step_images_per_s": batch / step_s, "step_hog_s": hog_s,
+            "hog_fraction_of_step": hog_s / step_s}
+
+
 def _print_table(r: dict) -> None:
     print(f"HOG on {r['batch']}x{r['size']}x{r['size']}x3 float32 ({r['input']}), "
           f"{r['repeats']} interleaved repeats, medians; CPU threads: {r['cpu_threads']} "
@@ -179,16 +225,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=10, help="timed repeats per case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case")
-    parser.add_argument("--input", choices=("photos", "noise"), default="photos")
+    parser.add_argument("--input", choices=("pixels", "normalized", "noise"), default="pixels")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX side only")
     parser.add_argument("--with-atan2", action="store_true",
                         help="also time our HOG with plain jnp.arctan2 binning")
+    parser.add_argument("--step-batch", type=int, default=8,
+                        help="batch of the ViT-B train step HOG is compared with (0: skip)")
+    parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
     result = measure_hog(args.batch, args.size, args.repeats, warmup=args.warmup,
                          kind=args.input, with_torch=not args.no_torch,
                          with_atan2=args.with_atan2)
     _print_table(result)
+    if args.step_batch:
+        step = measure_step_fraction(args.step_batch, args.step_repeats)
+        result.update(step)
+        print(f"ViT-{step['step_variant']} train step, batch {step['step_batch']}: "
+              f"{step['step_s']:.2f} s ({step['step_images_per_s']:.2f} images/s); HOG targets "
+              f"for the same batch {step['step_hog_s'] * 1e3:.1f} ms = "
+              f"{100 * step['hog_fraction_of_step']:.2f}% of the step")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -5,6 +5,7 @@ Any config value can be overridden on the command line, e.g. ``--config.input.ba
 
 from __future__ import annotations
 
+import logging as py_logging
 import os
 
 from absl import app, flags, logging
@@ -23,6 +24,8 @@ def main(argv):
   # Imported here so that `--help` and flag errors do not pay for JAX start-up.
   from maskfeat_jax import train
 
+  # Orbax reports every internal step of a save at INFO; keep the terminal to our progress.
+  py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
