@@ -47,9 +47,14 @@ def _photos() -> list[np.ndarray]:
     import skimage.data
     from sklearn.datasets import load_sample_image
 
-    return [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
-            skimage.data.rocket(), load_sample_image("china.jpg"),
-            load_sample_image("flower.jpg")]
+    return [
+        skimage.data.astronaut(),
+        skimage.data.chelsea(),
+        skimage.data.coffee(),
+        skimage.data.rocket(),
+        load_sample_image("china.jpg"),
+        load_sample_image("flower.jpg"),
+    ]
 
 
 def make_batch(batch: int, size: int, kind: str = "pixels", seed: int = 0) -> np.ndarray:
@@ -65,7 +70,7 @@ def make_batch(batch: int, size: int, kind: str = "pixels", seed: int = 0) -> np
         p = photos[i % len(photos)]
         y = rng.integers(0, p.shape[0] - size + 1)
         x = rng.integers(0, p.shape[1] - size + 1)
-        crop = p[y:y + size, x:x + size]
+        crop = p[y : y + size, x : x + size]
         crops.append(crop[:, ::-1] if rng.random() < 0.5 else crop)
     x = np.stack(crops).astype(np.float32)
     if kind == "pixels":
@@ -85,9 +90,16 @@ def magnitude_dtype(input_dtype=jnp.bfloat16) -> str:
     return str(jax.eval_shape(lambda v: hog_lib._magnitude(*hog_lib._gradients(v)), spec).dtype)
 
 
-def measure_hog(batch: int = 64, size: int = 224, repeats: int = 10, *,
-                warmup: int = 2, kind: str = "pixels", with_torch: bool = True,
-                with_atan2: bool = False) -> dict:
+def measure_hog(
+    batch: int = 64,
+    size: int = 224,
+    repeats: int = 10,
+    *,
+    warmup: int = 2,
+    kind: str = "pixels",
+    with_torch: bool = True,
+    with_atan2: bool = False,
+) -> dict:
     """Median seconds per batch for HOG and the 108-d target path.
 
     Returns a dict with the medians (``*_s``), images/s, the JAX/PyTorch
@@ -140,9 +152,14 @@ def measure_hog(batch: int = 64, size: int = 224, repeats: int = 10, *,
             times[name].append(_timed(fn))
 
     result: dict = {
-        "batch": batch, "size": size, "repeats": repeats, "input": kind,
-        "jax_backend": jax.default_backend(), "jax_version": jax.__version__,
-        "cpu_threads": cpu_threads(), "torch_threads": torch_threads,
+        "batch": batch,
+        "size": size,
+        "repeats": repeats,
+        "input": kind,
+        "jax_backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "cpu_threads": cpu_threads(),
+        "torch_threads": torch_threads,
         "machine": platform.processor() or platform.machine(),
         "magnitude_dtype_for_bf16_input": magnitude_dtype(jnp.bfloat16),
     }
@@ -157,8 +174,9 @@ def measure_hog(batch: int = 64, size: int = 224, repeats: int = 10, *,
     return result
 
 
-def measure_step_fraction(batch: int = 8, repeats: int = 3, *, variant: str = "B/16",
-                          size: int = 224) -> dict:
+def measure_step_fraction(
+    batch: int = 8, repeats: int = 3, *, variant: str = "B/16", size: int = 224
+) -> dict:
     """HOG targets' time against one full ViT pretraining step (forward, HOG, loss,
     backward, AdamW update) at the same batch, both jitted on this host's devices."""
     import sys
@@ -172,15 +190,16 @@ def measure_step_fraction(batch: int = 8, repeats: int = 3, *, variant: str = "B
     config.input.batch_size = batch
     config.total_steps = 100
     config.optim.warmup_steps = 10
-    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)),
-                              devices=jax.devices()[:1])
+    mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
     trainer = train.build_trainer(config, mesh)
     step = trainer.compile()
     state = trainer.init(jax.random.key(0))
     pixels = make_batch(batch, size, "pixels")
     grid = size // 16
-    host = {"image": pixels.astype(np.uint8),
-            "mask": np.random.default_rng(0).random((batch, grid, grid)) < 0.4}
+    host = {
+        "image": pixels.astype(np.uint8),
+        "mask": np.random.default_rng(0).random((batch, grid, grid)) < 0.4,
+    }
     device_batch = sharding.to_global(host, trainer.batch_sharding)
     x = jax.device_put(jnp.asarray(pixels))
     targets = jax.jit(hog_targets)
@@ -195,15 +214,22 @@ def measure_step_fraction(batch: int = 8, repeats: int = 3, *, variant: str = "B
         step_times.append(time.perf_counter() - start)
         hog_times.append(_timed(lambda: targets(x).block_until_ready()))
     step_s, hog_s = statistics.median(step_times), statistics.median(hog_times)
-    return {"step_variant": variant, "step_batch": batch, "step_s": step_s,
-            "step_images_per_s": batch / step_s, "step_hog_s": hog_s,
-            "hog_fraction_of_step": hog_s / step_s}
+    return {
+        "step_variant": variant,
+        "step_batch": batch,
+        "step_s": step_s,
+        "step_images_per_s": batch / step_s,
+        "step_hog_s": hog_s,
+        "hog_fraction_of_step": hog_s / step_s,
+    }
 
 
 def _print_table(r: dict) -> None:
-    print(f"HOG on {r['batch']}x{r['size']}x{r['size']}x3 float32 ({r['input']}), "
-          f"{r['repeats']} interleaved repeats, medians; CPU threads: {r['cpu_threads']} "
-          f"(torch: {r['torch_threads']}), jax {r['jax_version']} on {r['jax_backend']}")
+    print(
+        f"HOG on {r['batch']}x{r['size']}x{r['size']}x3 float32 ({r['input']}), "
+        f"{r['repeats']} interleaved repeats, medians; CPU threads: {r['cpu_threads']} "
+        f"(torch: {r['torch_threads']}), jax {r['jax_version']} on {r['jax_backend']}"
+    )
     print(f"{'path':<10} {'impl':<10} {'ms/batch':>10} {'images/s':>10}")
     if r["jax_hog_atan2_s"] is not None:
         s = r["jax_hog_atan2_s"]
@@ -227,24 +253,37 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per case")
     parser.add_argument("--input", choices=("pixels", "normalized", "noise"), default="pixels")
     parser.add_argument("--no-torch", action="store_true", help="time the JAX side only")
-    parser.add_argument("--with-atan2", action="store_true",
-                        help="also time our HOG with plain jnp.arctan2 binning")
-    parser.add_argument("--step-batch", type=int, default=8,
-                        help="batch of the ViT-B train step HOG is compared with (0: skip)")
+    parser.add_argument(
+        "--with-atan2", action="store_true", help="also time our HOG with plain jnp.arctan2 binning"
+    )
+    parser.add_argument(
+        "--step-batch",
+        type=int,
+        default=8,
+        help="batch of the ViT-B train step HOG is compared with (0: skip)",
+    )
     parser.add_argument("--step-repeats", type=int, default=3)
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
-    result = measure_hog(args.batch, args.size, args.repeats, warmup=args.warmup,
-                         kind=args.input, with_torch=not args.no_torch,
-                         with_atan2=args.with_atan2)
+    result = measure_hog(
+        args.batch,
+        args.size,
+        args.repeats,
+        warmup=args.warmup,
+        kind=args.input,
+        with_torch=not args.no_torch,
+        with_atan2=args.with_atan2,
+    )
     _print_table(result)
     if args.step_batch:
         step = measure_step_fraction(args.step_batch, args.step_repeats)
         result.update(step)
-        print(f"ViT-{step['step_variant']} train step, batch {step['step_batch']}: "
-              f"{step['step_s']:.2f} s ({step['step_images_per_s']:.2f} images/s); HOG targets "
-              f"for the same batch {step['step_hog_s'] * 1e3:.1f} ms = "
-              f"{100 * step['hog_fraction_of_step']:.2f}% of the step")
+        print(
+            f"ViT-{step['step_variant']} train step, batch {step['step_batch']}: "
+            f"{step['step_s']:.2f} s ({step['step_images_per_s']:.2f} images/s); HOG targets "
+            f"for the same batch {step['step_hog_s'] * 1e3:.1f} ms = "
+            f"{100 * step['hog_fraction_of_step']:.2f}% of the step"
+        )
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=2)

@@ -29,8 +29,7 @@ def gaussian_kernel(window: int) -> torch.Tensor:
 class TorchHOG(torch.nn.Module):
     """HOG over [B, C, H, W] -> [B, C, nbins, H/pool, W/pool]."""
 
-    def __init__(self, nbins: int = 9, pool: int = 8, gaussian_window: int = 0,
-                 channels: int = 3):
+    def __init__(self, nbins: int = 9, pool: int = 8, gaussian_window: int = 0, channels: int = 3):
         super().__init__()
         self.nbins = nbins
         self.pool = pool
@@ -73,8 +72,9 @@ class TorchHOG(torch.nn.Module):
         return F.normalize(out, p=2, dim=2)
 
 
-def torch_hog_targets(x: torch.Tensor, patch_size: int = 16, nbins: int = 9,
-                      pool: int = 8) -> torch.Tensor:
+def torch_hog_targets(
+    x: torch.Tensor, patch_size: int = 16, nbins: int = 9, pool: int = 8
+) -> torch.Tensor:
     """Per-token targets [B, (H/p)*(W/p), C*nbins*k*k] from NCHW input."""
     hog = TorchHOG(nbins=nbins, pool=pool, channels=x.shape[1])(x)
     k = patch_size // pool

@@ -24,40 +24,79 @@ FSDP_MESH = (("data", 1), ("fsdp", -1), ("tensor", 1))
 
 
 def pretrain_config() -> ml_collections.ConfigDict:
-  """MaskFeat IN-1K ViT pretraining recipe (SlowFast in1k_VIT_B_MaskFeat_PT.yaml)."""
-  c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.total_epochs = 1600       # the released checkpoints; the yaml's MAX_EPOCH is 300
-  c.total_steps = 0           # > 0 overrides total_epochs
-  c.log_every_steps = 50
+    """MaskFeat IN-1K ViT pretraining recipe (SlowFast in1k_VIT_B_MaskFeat_PT.yaml)."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_epochs = 1600  # the released checkpoints; the yaml's MAX_EPOCH is 300
+    c.total_steps = 0  # > 0 overrides total_epochs
+    c.log_every_steps = 50
 
-  c.model = ml_collections.ConfigDict(dict(
-      name="vit", variant="B/16", image_size=224, num_frames=1,
-      width=None, depth=None, num_heads=None, mlp_dim=None,  # override the variant's table
-      num_classes=0, dtype="float32", scan=False, remat=False))
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="vit",
+            variant="B/16",
+            image_size=224,
+            num_frames=1,
+            width=None,
+            depth=None,
+            num_heads=None,
+            mlp_dim=None,  # override the variant's table
+            num_classes=0,
+            dtype="float32",
+            scan=False,
+            remat=False,
+        )
+    )
 
-  # HOG target: 9 bins, 8x8 cells, no Gaussian window (official); 16 = mmpretrain's variant.
-  c.hog = ml_collections.ConfigDict(dict(nbins=9, cell_size=8, gaussian_window=0))
+    # HOG target: 9 bins, 8x8 cells, no Gaussian window (official); 16 = mmpretrain's variant.
+    c.hog = ml_collections.ConfigDict(dict(nbins=9, cell_size=8, gaussian_window=0))
 
-  # Block-wise masking on the 14x14 token grid: 40% = 78 tokens, blocks of >= 15.
-  c.mask = ml_collections.ConfigDict(dict(
-      kind="block", grid=None, ratio=0.4, min_aspect=0.3, min_patches=None, max_patches=None,
-      exact=False))
+    # Block-wise masking on the 14x14 token grid: 40% = 78 tokens, blocks of >= 15.
+    c.mask = ml_collections.ConfigDict(
+        dict(
+            kind="block",
+            grid=None,
+            ratio=0.4,
+            min_aspect=0.3,
+            min_patches=None,
+            max_patches=None,
+            exact=False,
+        )
+    )
 
-  c.input = ml_collections.ConfigDict(dict(
-      dataset="imagenet2012", data_dir=None, split="train",
-      examples_per_epoch=1_281_167,
-      batch_size=2048,              # global; the reference runs 8 nodes x 256
-      scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), hflip=True,
-      mean=IMAGENET_MEAN, std=IMAGENET_STD,
-      worker_count=0))
+    c.input = ml_collections.ConfigDict(
+        dict(
+            dataset="imagenet2012",
+            data_dir=None,
+            split="train",
+            examples_per_epoch=1_281_167,
+            batch_size=2048,  # global; the reference runs 8 nodes x 256
+            scale=(0.5, 1.0),
+            ratio=(3 / 4, 4 / 3),
+            hflip=True,
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
+            worker_count=0,
+        )
+    )
 
-  c.optim = ml_collections.ConfigDict(dict(
-      base_lr=2e-4, warmup_start_lr=1e-6, end_lr=1e-6, lr_batch_reference=256,
-      warmup_epochs=30, warmup_steps=0,
-      b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, extra_no_decay=(),
-      clip_grad_norm=0.02))
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            base_lr=2e-4,
+            warmup_start_lr=1e-6,
+            end_lr=1e-6,
+            lr_batch_reference=256,
+            warmup_epochs=30,
+            warmup_steps=0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.05,
+            extra_no_decay=(),
+            clip_grad_norm=0.02,
+        )
+    )
 
-  c.mesh = FSDP_MESH
-  c.sharding = ml_collections.ConfigDict(dict(rules=SHARDING_RULES))
-  return c
+    c.mesh = FSDP_MESH
+    c.sharding = ml_collections.ConfigDict(dict(rules=SHARDING_RULES))
+    return c

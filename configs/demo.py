@@ -17,18 +17,18 @@ from configs import common
 
 
 def get_config(arg=None):
-  c = common.pretrain_config()
-  c.total_steps = 300
-  c.log_every_steps = 25
-  c.model.update(variant="Ti/16", image_size=112, depth=6)
-  c.input.update(dataset="embedded", split="train", batch_size=32)
-  c.optim.update(base_lr=8e-3, warmup_steps=30)  # 1e-3 at batch 32
-  c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
-  if arg == "smoke":
-    c.total_steps = 20
-    c.log_every_steps = 5
-    c.model.depth = 2
-    c.optim.warmup_steps = 2
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r}; use ':smoke' or nothing.")
-  return c
+    c = common.pretrain_config()
+    c.total_steps = 300
+    c.log_every_steps = 25
+    c.model.update(variant="Ti/16", image_size=112, depth=6)
+    c.input.update(dataset="embedded", split="train", batch_size=32)
+    c.optim.update(base_lr=8e-3, warmup_steps=30)  # 1e-3 at batch 32
+    c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
+    if arg == "smoke":
+        c.total_steps = 20
+        c.log_every_steps = 5
+        c.model.depth = 2
+        c.optim.warmup_steps = 2
+    elif arg:
+        raise ValueError(f"Unknown variant {arg!r}; use ':smoke' or nothing.")
+    return c

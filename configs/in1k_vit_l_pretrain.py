@@ -15,13 +15,13 @@ from configs import common
 
 
 def get_config(arg=None):
-  c = common.pretrain_config()
-  c.model.variant = "L/16"
-  c.model.dtype = "bfloat16"
-  c.model.remat = True
-  c.model.scan = True
-  if arg == "300ep":
-    c.total_epochs = 300
-  elif arg:
-    raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
-  return c
+    c = common.pretrain_config()
+    c.model.variant = "L/16"
+    c.model.dtype = "bfloat16"
+    c.model.remat = True
+    c.model.scan = True
+    if arg == "300ep":
+        c.total_epochs = 300
+    elif arg:
+        raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
+    return c

@@ -91,8 +91,9 @@ def _check_multiple(name: str, size: int, unit: int, unit_name: str) -> None:
         )
 
 
-def _check_images(shape, *, nbins: int, cell_size: int, gaussian_window: int,
-                  patch_size: int | None = None) -> None:
+def _check_images(
+    shape, *, nbins: int, cell_size: int, gaussian_window: int, patch_size: int | None = None
+) -> None:
     if len(shape) != 4:
         raise ValueError(
             f"expected images of rank 4 [B, H, W, C] (NHWC), got shape {tuple(shape)}; "
@@ -143,7 +144,7 @@ def _padded_planes(images: jax.Array) -> jax.Array:
     x = lax.stop_gradient(jnp.asarray(images).astype(jnp.float32))
     b, h, w, c = x.shape
     src = _reflect_indices(h)[:, None] * w + _reflect_indices(w)[None, :]
-    x = jnp.take(x.reshape(b, h * w, c), src.reshape(-1), axis=1)   # [B, P, C]
+    x = jnp.take(x.reshape(b, h * w, c), src.reshape(-1), axis=1)  # [B, P, C]
     return jnp.transpose(x, (1, 0, 2)).reshape(h + 2, w + 2, b * c)
 
 
@@ -155,9 +156,9 @@ def _sobel(padded: jax.Array) -> tuple[jax.Array, jax.Array]:
     an exact 0.0 whatever the input scale. The same function recomputes the
     atan2 strips, so both give bit-identical gradients.
     """
-    d = padded[..., :, :-2, :] - padded[..., :, 2:, :]      # [..., H+2, W, N]
+    d = padded[..., :, :-2, :] - padded[..., :, 2:, :]  # [..., H+2, W, N]
     gx = (d[..., :-2, :, :] + 2.0 * d[..., 1:-1, :, :]) + d[..., 2:, :, :]
-    e = padded[..., :-2, :, :] - padded[..., 2:, :, :]      # [..., H, W+2, N]
+    e = padded[..., :-2, :, :] - padded[..., 2:, :, :]  # [..., H, W+2, N]
     gy = (e[..., :, :-2, :] + 2.0 * e[..., :, 1:-1, :]) + e[..., :, 2:, :]
     return gx, gy
 
@@ -193,8 +194,7 @@ def _edge_directions(nbins: int) -> tuple[np.ndarray, np.ndarray]:
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
 
 
-def _sign_test_bins(gx: jax.Array, gy: jax.Array, mag: jax.Array,
-                    nbins: int) -> jax.Array:
+def _sign_test_bins(gx: jax.Array, gy: jax.Array, mag: jax.Array, nbins: int) -> jax.Array:
     """Bins from sign tests against the bin edges; -1 marks "use atan2".
 
     Folding (gx, gy) -> (|gx|, sign(gx) * gy) maps the direction to psi in
@@ -215,8 +215,8 @@ def _sign_test_bins(gx: jax.Array, gy: jax.Array, mag: jax.Array,
     w = jnp.abs(gx)
     u = jnp.where(gx < 0, -gy, gy)
     margin = _EDGE_MARGIN * mag
-    usable = (mag >= _MIN_MAG) & (mag <= _MAX_MAG)   # false for inf/NaN too
-    clear = usable & (w >= margin)                     # away from the 0/pi edge
+    usable = (mag >= _MIN_MAG) & (mag <= _MAX_MAG)  # false for inf/NaN too
+    clear = usable & (w >= margin)  # away from the 0/pi edge
     count = jnp.zeros(gx.shape, dtype)
     for c, s in zip(cos_k, sin_k):
         side = w * c - u * s
@@ -225,8 +225,7 @@ def _sign_test_bins(gx: jax.Array, gy: jax.Array, mag: jax.Array,
     # Near the 0/pi edge, but |gx| / mag not so small that phase underflows.
     near_zero = usable & (w < margin) & (w >= _MIN_RATIO * mag)
     zero, last, ask = dtype(0), dtype(nbins - 1), dtype(-1)
-    by_sign = jnp.where(gx > 0, jnp.where(gy > 0, zero, ask),
-                        jnp.where(gy > 0, last, zero))
+    by_sign = jnp.where(gx > 0, jnp.where(gy > 0, zero, ask), jnp.where(gy > 0, last, zero))
     code = jnp.where(clear, count, jnp.where(near_zero, by_sign, ask))
     # XLA's CPU code treats denormals as zero, so gx here is never denormal
     # (the Sobel subtractions flush them) and gx == 0 is an exact-zero test.
@@ -253,7 +252,7 @@ def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int) -> jax.Ar
     padded_rows = padded.reshape(-1, seg)
     capacities = sorted({max(1, min(n_seg, int(n_seg * f))) for f in _CAPACITY_FRACTIONS})
     di, dj = np.meshgrid(np.arange(3), np.arange(3), indexing="ij")
-    offsets = (di * (w + 2) + dj) * per_pixel                # [3, 3] in rows
+    offsets = (di * (w + 2) + dj) * per_pixel  # [3, 3] in rows
 
     def patch(codes, flags, capacity):
         # Unused slots repeat segment 0; rewriting a segment with its atan2
@@ -261,32 +260,32 @@ def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int) -> jax.Ar
         (idx,) = jnp.nonzero(flags, size=capacity, fill_value=0)
         pixel, group = idx // per_pixel, idx % per_pixel
         corner = ((pixel // w) * (w + 2) + pixel % w) * per_pixel + group
-        strips = padded_rows[corner[:, None, None] + offsets]   # [K, 3, 3, L]
-        gx, gy = _sobel(strips)                                 # [K, 1, 1, L]
+        strips = padded_rows[corner[:, None, None] + offsets]  # [K, 3, 3, L]
+        gx, gy = _sobel(strips)  # [K, 1, 1, L]
         return codes.at[idx].set(_atan2_bins(gx[:, 0, 0], gy[:, 0, 0], nbins))
 
     def step(state):
         codes, _ = state
         flags = jnp.any(codes < 0, axis=-1)
         count = jnp.sum(flags.astype(jnp.int32))
-        branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), count),
-                             len(capacities) - 1)
+        branch = jnp.minimum(jnp.searchsorted(jnp.asarray(capacities), count), len(capacities) - 1)
         branches = [functools.partial(patch, capacity=c) for c in capacities]
         return lax.switch(branch, branches, codes, flags), count > capacities[-1]
 
-    codes, _ = lax.while_loop(lambda s: s[1], step,
-                              (codes.reshape(n_seg, seg), jnp.bool_(True)))
+    codes, _ = lax.while_loop(lambda s: s[1], step, (codes.reshape(n_seg, seg), jnp.bool_(True)))
     return codes.reshape(h, w, n)
 
 
-def _bins_and_magnitude(padded: jax.Array, nbins: int,
-                        method: str = "auto") -> tuple[jax.Array, jax.Array]:
+def _bins_and_magnitude(
+    padded: jax.Array, nbins: int, method: str = "auto"
+) -> tuple[jax.Array, jax.Array]:
     """Bins and float32 magnitude [H, W, N] of reflect-padded [H+2, W+2, N] planes.
 
     method: "atan2" (the formula), "sign" (sign tests, atan2 near edges: the
     same bins) or "auto" (sign on CPU, where atan2 is a slow scalar call;
     atan2 elsewhere).
     """
+
     def via_atan2(padded):
         gx, gy = _sobel(padded)
         return _atan2_bins(gx, gy, nbins), _magnitude(gx, gy)
@@ -306,8 +305,9 @@ def _bins_and_magnitude(padded: jax.Array, nbins: int,
     raise ValueError(f"unknown bin method {method!r}; use 'auto', 'sign' or 'atan2'.")
 
 
-def _pixel_bins(images: jax.Array, nbins: int = 9,
-                method: str = "auto") -> tuple[jax.Array, jax.Array]:
+def _pixel_bins(
+    images: jax.Array, nbins: int = 9, method: str = "auto"
+) -> tuple[jax.Array, jax.Array]:
     """Per-pixel bins (int) and magnitudes (float32), NHWC (for tests and inspection)."""
     b, h, w, c = images.shape
     bins, mag = _bins_and_magnitude(_padded_planes(images), nbins, method)
@@ -327,19 +327,19 @@ def gaussian_window_weights(window: int) -> np.ndarray:
     return (k / k.sum()).astype(np.float32)
 
 
-def _cell_histograms(mag: jax.Array, bins: jax.Array, nbins: int,
-                     cell: int) -> jax.Array:
+def _cell_histograms(mag: jax.Array, bins: jax.Array, nbins: int, cell: int) -> jax.Array:
     """Magnitude-weighted hard votes summed over cells: [H, W, N] -> [h, w, nbins, N].
 
     The sums are adds of strided slices (first over the cell's rows, then its
     columns), which XLA's CPU backend runs as fused elementwise loops, several
     times faster than reduce ops; the one-hot tensor is never materialised.
     """
-    k = jnp.arange(nbins, dtype=bins.dtype)[:, None]      # [nbins, 1] vs [1, N]
+    k = jnp.arange(nbins, dtype=bins.dtype)[:, None]  # [nbins, 1] vs [1, N]
     rows = None
     for dy in range(cell):
-        vote = jnp.where(bins[dy::cell, :, None, :] == k,
-                         mag[dy::cell, :, None, :], 0.0)  # [h, W, nbins, N]
+        vote = jnp.where(
+            bins[dy::cell, :, None, :] == k, mag[dy::cell, :, None, :], 0.0
+        )  # [h, W, nbins, N]
         rows = vote if rows is None else rows + vote
     hist = rows[:, 0::cell]
     for dx in range(1, cell):
@@ -353,8 +353,9 @@ def _l2_normalize(hist: jax.Array, axis: int) -> jax.Array:
     return hist / jnp.maximum(norm, _NORM_EPS)
 
 
-def _hog_cells(images: jax.Array, nbins: int, cell_size: int,
-               gaussian_window: int, method: str = "auto") -> jax.Array:
+def _hog_cells(
+    images: jax.Array, nbins: int, cell_size: int, gaussian_window: int, method: str = "auto"
+) -> jax.Array:
     """Normalised histograms in the internal layout [h, w, nbins, B, C]."""
     b, h, w, c = images.shape
     padded = _padded_planes(images)
@@ -372,15 +373,15 @@ def _hog_cells(images: jax.Array, nbins: int, cell_size: int,
 
 
 @functools.partial(jax.jit, static_argnames=("nbins", "cell_size", "gaussian_window"))
-def hog(images: jax.Array, *, nbins: int = 9, cell_size: int = 8,
-        gaussian_window: int = 0) -> jax.Array:
+def hog(
+    images: jax.Array, *, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0
+) -> jax.Array:
     """HOG of NHWC images [B, H, W, C] -> float32 [B, H/cell, W/cell, C, nbins].
 
     Any float or integer dtype is accepted; the computation is float32. The
     result is per channel and per cell L2-normalised and carries no gradient.
     """
-    _check_images(images.shape, nbins=nbins, cell_size=cell_size,
-                  gaussian_window=gaussian_window)
+    _check_images(images.shape, nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
     hist = _hog_cells(images, nbins, cell_size, gaussian_window)
     return jnp.transpose(hist, (3, 0, 1, 4, 2))
 
@@ -397,26 +398,44 @@ def _tokens(hist: jax.Array, patch_size: int, cell_size: int) -> jax.Array:
     return t.reshape(b, (h // k) * (w // k), c * nbins * k * k)
 
 
-@functools.partial(jax.jit, static_argnames=("patch_size", "nbins", "cell_size",
-                                             "gaussian_window"))
-def hog_targets(images: jax.Array, *, patch_size: int = 16, nbins: int = 9,
-                cell_size: int = 8, gaussian_window: int = 0) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("patch_size", "nbins", "cell_size", "gaussian_window"))
+def hog_targets(
+    images: jax.Array,
+    *,
+    patch_size: int = 16,
+    nbins: int = 9,
+    cell_size: int = 8,
+    gaussian_window: int = 0,
+) -> jax.Array:
     """Per-token MaskFeat targets [B, (H/p)*(W/p), C*nbins*(p/cell)**2] (108 for RGB).
 
     Feature order c*36 + bin*4 + dy*2 + dx (for p=16, cell=8); tokens in
     raster (h, w) order.
     """
-    _check_images(images.shape, nbins=nbins, cell_size=cell_size,
-                  gaussian_window=gaussian_window, patch_size=patch_size)
+    _check_images(
+        images.shape,
+        nbins=nbins,
+        cell_size=cell_size,
+        gaussian_window=gaussian_window,
+        patch_size=patch_size,
+    )
     hist = _hog_cells(images, nbins, cell_size, gaussian_window)
     return _tokens(hist, patch_size, cell_size)
 
 
-@functools.partial(jax.jit, static_argnames=("temporal_stride", "patch_size", "nbins",
-                                             "cell_size", "gaussian_window"))
-def hog_targets_video(clips: jax.Array, *, temporal_stride: int = 2,
-                      patch_size: int = 16, nbins: int = 9, cell_size: int = 8,
-                      gaussian_window: int = 0) -> jax.Array:
+@functools.partial(
+    jax.jit,
+    static_argnames=("temporal_stride", "patch_size", "nbins", "cell_size", "gaussian_window"),
+)
+def hog_targets_video(
+    clips: jax.Array,
+    *,
+    temporal_stride: int = 2,
+    patch_size: int = 16,
+    nbins: int = 9,
+    cell_size: int = 8,
+    gaussian_window: int = 0,
+) -> jax.Array:
     """Targets for clips [B, T, H, W, C] from frames 0, s, 2s, ... (s = temporal_stride).
 
     -> [B, (T/s)*(H/p)*(W/p), C*nbins*(p/cell)**2], tokens in (t, h, w) order.
@@ -435,6 +454,11 @@ def hog_targets_video(clips: jax.Array, *, temporal_stride: int = 2,
         )
     frames = clips[:, ::temporal_stride]
     frames = frames.reshape((-1,) + clips.shape[2:])
-    tokens = hog_targets(frames, patch_size=patch_size, nbins=nbins,
-                         cell_size=cell_size, gaussian_window=gaussian_window)
+    tokens = hog_targets(
+        frames,
+        patch_size=patch_size,
+        nbins=nbins,
+        cell_size=cell_size,
+        gaussian_window=gaussian_window,
+    )
     return tokens.reshape(b, -1, tokens.shape[-1])

@@ -12,27 +12,30 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file (configs/*.py), optionally with ':variant'.",
-    lock_config=True)
+    "config",
+    None,
+    "Experiment config file (configs/*.py), optionally with ':variant'.",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints are written.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here so that `--help` and flag errors do not pay for JAX start-up.
-  from maskfeat_jax import train
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    # Imported here so that `--help` and flag errors do not pay for JAX start-up.
+    from maskfeat_jax import train
 
-  # Orbax reports every internal step of a save at INFO; keep the terminal to our progress.
-  py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
-  config = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
-  logging.info("Config:\n%s", config)
-  metrics = train.run(config, workdir)
-  logging.info("Finished: %s", {k: round(v, 6) for k, v in metrics.items()})
+    # Orbax reports every internal step of a save at INFO; keep the terminal to our progress.
+    py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    os.makedirs(workdir, exist_ok=True)
+    logging.info("Config:\n%s", config)
+    metrics = train.run(config, workdir)
+    logging.info("Finished: %s", {k: round(v, 6) for k, v in metrics.items()})
 
 
 if __name__ == "__main__":
-  app.run(main)
+    app.run(main)

@@ -77,8 +77,7 @@ _EXACT_MAX_EMPTY_ROUNDS = 10_000
 
 def _block_size(area: float, aspect: float) -> tuple[int, int]:
     # Python's round (half to even), as in the reference.
-    return (int(round(math.sqrt(area * aspect))),
-            int(round(math.sqrt(area / aspect))))
+    return (int(round(math.sqrt(area * aspect))), int(round(math.sqrt(area / aspect))))
 
 
 def _check_grid(grid: Any, ndim: int, kind: str) -> tuple[int, ...]:
@@ -86,8 +85,7 @@ def _check_grid(grid: Any, ndim: int, kind: str) -> tuple[int, ...]:
         grid = tuple(int(g) for g in grid)
     except TypeError:
         raise ValueError(
-            f"mask grid for kind={kind!r} must be a sequence of {ndim} ints, "
-            f"got {grid!r}"
+            f"mask grid for kind={kind!r} must be a sequence of {ndim} ints, got {grid!r}"
         ) from None
     if len(grid) != ndim:
         raise ValueError(
@@ -109,8 +107,7 @@ def _check_ratio(ratio: float) -> float:
     ratio = float(ratio)
     if not 0.0 < ratio < 1.0:
         raise ValueError(
-            f"mask ratio must be in the open interval (0, 1), got {ratio}; "
-            "MaskFeat uses 0.4"
+            f"mask ratio must be in the open interval (0, 1), got {ratio}; MaskFeat uses 0.4"
         )
     return ratio
 
@@ -131,8 +128,7 @@ def _check_aspect(min_aspect: float, max_aspect: float | None):
     return min_aspect, max_aspect
 
 
-def _check_fits(min_area: int, height: int, width: int, lo: float, hi: float,
-                what: str) -> None:
+def _check_fits(min_area: int, height: int, width: int, lo: float, hi: float, what: str) -> None:
     """Refuses a minimum block area that can never round to h < H, w < W."""
     if min_area <= 0:
         return
@@ -148,8 +144,7 @@ def _check_fits(min_area: int, height: int, width: int, lo: float, hi: float,
         )
 
 
-def _check_min_max(min_patches: Any, max_patches: Any,
-                   default_min: int, default_max: int):
+def _check_min_max(min_patches: Any, max_patches: Any, default_min: int, default_max: int):
     max_p = default_max if max_patches is None else int(max_patches)
     if max_p < 1:
         raise ValueError(f"max_patches must be >= 1, got {max_p}")
@@ -164,8 +159,7 @@ def _check_min_max(min_patches: Any, max_patches: Any,
     return min_p, max_p
 
 
-def _place_first(mask: np.ndarray, candidates: Iterable, cap: int,
-                 limited_axes: Sequence[int]):
+def _place_first(mask: np.ndarray, candidates: Iterable, cap: int, limited_axes: Sequence[int]):
     """Applies the first candidate box that adds ``0 < new <= cap`` cells.
 
     ``candidates`` yields ``(sizes, uniforms)`` per attempt: the box extent
@@ -187,6 +181,12 @@ def _place_first(mask: np.ndarray, candidates: Iterable, cap: int,
             region[...] = True
             return starts, sizes, new
     return None
+
+
+def _store(generator: Any, **fields: Any) -> None:
+    """Writes validated settings back onto a frozen dataclass."""
+    for name, value in fields.items():
+        object.__setattr__(generator, name, value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,21 +218,21 @@ class BlockMaskGenerator:
                 "or use a larger grid"
             )
         lo, hi = _check_aspect(self.min_aspect, self.max_aspect)
-        min_p, max_p = _check_min_max(
-            self.min_patches, self.max_patches, num // 5, num)
+        min_p, max_p = _check_min_max(self.min_patches, self.max_patches, num // 5, num)
         _check_fits(min_p, grid[0], grid[1], lo, hi, "min_patches")
         if int(self.max_attempts) < 1:
-            raise ValueError(
-                f"max_attempts must be >= 1, got {self.max_attempts}")
-        set_ = object.__setattr__
-        set_(self, "grid", grid)
-        set_(self, "ratio", ratio)
-        set_(self, "min_aspect", lo)
-        set_(self, "max_aspect", hi)
-        set_(self, "min_patches", min_p)
-        set_(self, "max_patches", max_p)
-        set_(self, "exact", bool(self.exact))
-        set_(self, "max_attempts", int(self.max_attempts))
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        _store(
+            self,
+            grid=grid,
+            ratio=ratio,
+            min_aspect=lo,
+            max_aspect=hi,
+            min_patches=min_p,
+            max_patches=max_p,
+            exact=bool(self.exact),
+            max_attempts=int(self.max_attempts),
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -245,8 +245,7 @@ class BlockMaskGenerator:
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         return self.sample_with_boxes(rng, record=False)[0]
 
-    def sample_with_boxes(self, rng: np.random.Generator, *,
-                          record: bool = True):
+    def sample_with_boxes(self, rng: np.random.Generator, *, record: bool = True):
         """Returns ``(mask, boxes)``; boxes are ``(top, left, h, w)`` in the
         order they were applied (empty list when ``record=False``)."""
         num = self.num_masking_patches
@@ -260,13 +259,23 @@ class BlockMaskGenerator:
             # One draw per round; consuming attempts in order until the
             # first acceptance equals the reference's sequential retries.
             u = rng.random((self.max_attempts, 4)).tolist()
-            box = _place_first(mask, (
-                # Like random.uniform(min, cap), also when cap < min (few
-                # cells remain): the area then lies in [cap, min].
-                (_block_size(self.min_patches + (cap - self.min_patches) * ua,
-                             math.exp(log_lo + (log_hi - log_lo) * ub)),
-                 (ut, ul))
-                for ua, ub, ut, ul in u), cap, (0, 1))
+            box = _place_first(
+                mask,
+                (
+                    # Like random.uniform(min, cap), also when cap < min (few
+                    # cells remain): the area then lies in [cap, min].
+                    (
+                        _block_size(
+                            self.min_patches + (cap - self.min_patches) * ua,
+                            math.exp(log_lo + (log_hi - log_lo) * ub),
+                        ),
+                        (ut, ul),
+                    )
+                    for ua, ub, ut, ul in u
+                ),
+                cap,
+                (0, 1),
+            )
             if box is None:
                 if not self.exact:
                     break
@@ -274,7 +283,8 @@ class BlockMaskGenerator:
                 if empty_rounds > _EXACT_MAX_EMPTY_ROUNDS:
                     raise RuntimeError(
                         f"exact block masking stalled at {count}/{num} cells "
-                        f"on grid {self.grid}; relax min_patches/min_aspect")
+                        f"on grid {self.grid}; relax min_patches/min_aspect"
+                    )
                 continue
             empty_rounds = 0
             count += box[2]
@@ -307,25 +317,25 @@ class CubeMaskGenerator:
         if num < 1:
             raise ValueError(
                 f"ratio {ratio} masks no unit of a {grid} grid; raise the "
-                "ratio or use a larger grid")
+                "ratio or use a larger grid"
+            )
         lo, hi = _check_aspect(self.min_aspect, self.max_aspect)
         default_max = grid[1] * grid[2]
-        max_p = default_max if self.max_patches is None else int(
-            self.max_patches)
-        min_p, max_p = _check_min_max(
-            self.min_patches, max_p, max_p // 5, max_p)
+        max_p = default_max if self.max_patches is None else int(self.max_patches)
+        min_p, max_p = _check_min_max(self.min_patches, max_p, max_p // 5, max_p)
         _check_fits(min_p, grid[1], grid[2], lo, hi, "min_patches")
         if int(self.max_attempts) < 1:
-            raise ValueError(
-                f"max_attempts must be >= 1, got {self.max_attempts}")
-        set_ = object.__setattr__
-        set_(self, "grid", grid)
-        set_(self, "ratio", ratio)
-        set_(self, "min_aspect", lo)
-        set_(self, "max_aspect", hi)
-        set_(self, "min_patches", min_p)
-        set_(self, "max_patches", max_p)
-        set_(self, "max_attempts", int(self.max_attempts))
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        _store(
+            self,
+            grid=grid,
+            ratio=ratio,
+            min_aspect=lo,
+            max_aspect=hi,
+            min_patches=min_p,
+            max_patches=max_p,
+            max_attempts=int(self.max_attempts),
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -339,8 +349,7 @@ class CubeMaskGenerator:
     def __call__(self, rng: np.random.Generator) -> np.ndarray:
         return self.sample_with_boxes(rng, record=False)[0]
 
-    def sample_with_boxes(self, rng: np.random.Generator, *,
-                          record: bool = True):
+    def sample_with_boxes(self, rng: np.random.Generator, *, record: bool = True):
         """Returns ``(mask, boxes)``; boxes are ``(front, top, left, t, h,
         w)`` in application order (empty list when ``record=False``)."""
         frames = self.grid[0]
@@ -352,14 +361,24 @@ class CubeMaskGenerator:
         while count < num:
             remaining = num - count
             u = rng.random((self.max_attempts, 6)).tolist()
-            box = _place_first(mask, (
-                # Spatial area ignores `remaining` (differs from 2-D); the
-                # temporal extent is uniform in [1, T].
-                ((min(int(ut * frames), frames - 1) + 1,) + _block_size(
-                    self.min_patches + (self.max_patches - self.min_patches)
-                    * ua, math.exp(log_lo + (log_hi - log_lo) * ub)),
-                 (uf, uh, uw))
-                for ua, ub, ut, uf, uh, uw in u), remaining, (1, 2))
+            box = _place_first(
+                mask,
+                (
+                    # Spatial area ignores `remaining` (differs from 2-D); the
+                    # temporal extent is uniform in [1, T].
+                    (
+                        (min(int(ut * frames), frames - 1) + 1,)
+                        + _block_size(
+                            self.min_patches + (self.max_patches - self.min_patches) * ua,
+                            math.exp(log_lo + (log_hi - log_lo) * ub),
+                        ),
+                        (uf, uh, uw),
+                    )
+                    for ua, ub, ut, uf, uh, uw in u
+                ),
+                remaining,
+                (1, 2),
+            )
             if box is None:
                 break
             count += box[2]
@@ -383,19 +402,19 @@ def make_mask_generator(kind: str, **params) -> MaskGenerator:
     if kind not in _KINDS:
         raise ValueError(
             f"unknown mask kind {kind!r}; use one of {sorted(_KINDS)} "
-            "('block' for images, 'cube' for video)")
+            "('block' for images, 'cube' for video)"
+        )
     cls = _KINDS[kind]
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ValueError(
-            f"unknown option(s) {unknown} for mask kind {kind!r}; "
-            f"allowed: {sorted(allowed)}")
+            f"unknown option(s) {unknown} for mask kind {kind!r}; allowed: {sorted(allowed)}"
+        )
     return cls(**params)
 
 
-def from_config(cfg: Mapping[str, Any] | Any,
-                grid: Sequence[int] | None = None) -> MaskGenerator:
+def from_config(cfg: Mapping[str, Any] | Any, grid: Sequence[int] | None = None) -> MaskGenerator:
     """Builds a generator from ``config.mask`` (ConfigDict or mapping).
 
     ``grid`` fills in ``cfg.grid`` when that is None/absent (e.g. the model's
@@ -407,8 +426,8 @@ def from_config(cfg: Mapping[str, Any] | Any,
     params = dict(cfg)
     if "kind" not in params:
         raise ValueError(
-            "mask config needs a 'kind' entry ('block' for images or 'cube' "
-            "for video)")
+            "mask config needs a 'kind' entry ('block' for images or 'cube' for video)"
+        )
     kind = params.pop("kind")
     if params.get("grid") is None:
         if grid is not None:
@@ -416,7 +435,8 @@ def from_config(cfg: Mapping[str, Any] | Any,
         elif "grid" in params:
             raise ValueError(
                 "config.mask.grid is None and no token grid was given; set it "
-                "(e.g. (14, 14) for images, (8, 7, 7) for video) or pass grid=")
+                "(e.g. (14, 14) for images, (8, 7, 7) for video) or pass grid="
+            )
     return make_mask_generator(kind, **params)
 
 
@@ -425,6 +445,7 @@ def _module_of(x):
     if isinstance(x, np.ndarray):
         return np
     import jax.numpy as jnp  # Only needed for device arrays.
+
     return jnp
 
 
@@ -437,12 +458,10 @@ def upsample_mask(mask, factors: Sequence[int]):
     """
     factors = tuple(factors)
     if len(factors) > mask.ndim:
-        raise ValueError(
-            f"{len(factors)} factors given for a {mask.ndim}-d mask")
+        raise ValueError(f"{len(factors)} factors given for a {mask.ndim}-d mask")
     for f in factors:
         if int(f) != f or f < 1:
-            raise ValueError(
-                f"upsampling factors must be positive ints, got {factors}")
+            raise ValueError(f"upsampling factors must be positive ints, got {factors}")
     xp = _module_of(mask)
     out = mask
     for axis, f in zip(range(-len(factors), 0), factors):
@@ -454,9 +473,10 @@ def upsample_mask(mask, factors: Sequence[int]):
 def upsample_mask_to(mask, shape: Sequence[int]):
     """Upsamples the trailing axes of ``mask`` to ``shape`` (integer ratios)."""
     shape = tuple(int(s) for s in shape)
-    src = tuple(mask.shape[-len(shape):]) if shape else ()
+    src = tuple(mask.shape[-len(shape) :]) if shape else ()
     if len(shape) > mask.ndim or any(s % m for s, m in zip(shape, src)):
         raise ValueError(
             f"cannot upsample mask trailing shape {src} to {shape}: target "
-            "sizes must be integer multiples")
+            "sizes must be integer multiples"
+        )
     return upsample_mask(mask, tuple(s // m for s, m in zip(shape, src)))

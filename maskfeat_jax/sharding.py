@@ -28,146 +28,165 @@ Rules = Mapping[str, MeshAxes]
 
 
 def make_mesh(axes: Sequence[tuple[str, int]], devices: Sequence[Any] | None = None) -> Mesh:
-  """A mesh from ``[(name, size), ...]``; one size may be -1 (all remaining devices)."""
-  devices = list(jax.devices() if devices is None else devices)
-  names = [name for name, _ in axes]
-  sizes = [int(size) for _, size in axes]
-  if len(set(names)) != len(names):
-    raise ValueError(f"config.mesh repeats an axis name: {names}.")
-  if sizes.count(-1) > 1:
-    raise ValueError(f"config.mesh may leave at most one axis size as -1, got {list(axes)}.")
-  known = math.prod(s for s in sizes if s != -1)
-  if any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"config.mesh sizes must be positive or -1, got {list(axes)}.")
-  if -1 in sizes:
-    if len(devices) % known:
-      raise ValueError(f"config.mesh {list(axes)}: {len(devices)} devices cannot be split into "
-                       f"groups of {known}; change the fixed axis sizes.")
-    sizes[sizes.index(-1)] = len(devices) // known
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"config.mesh {list(axes)} needs {math.prod(sizes)} devices but "
-                     f"{len(devices)} are available; set one size to -1 to use them all.")
-  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names),
-                       devices=devices)
+    """A mesh from ``[(name, size), ...]``; one size may be -1 (all remaining devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    names = [name for name, _ in axes]
+    sizes = [int(size) for _, size in axes]
+    if len(set(names)) != len(names):
+        raise ValueError(f"config.mesh repeats an axis name: {names}.")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"config.mesh may leave at most one axis size as -1, got {list(axes)}.")
+    known = math.prod(s for s in sizes if s != -1)
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"config.mesh sizes must be positive or -1, got {list(axes)}.")
+    if -1 in sizes:
+        if len(devices) % known:
+            raise ValueError(
+                f"config.mesh {list(axes)}: {len(devices)} devices cannot be split into "
+                f"groups of {known}; change the fixed axis sizes."
+            )
+        sizes[sizes.index(-1)] = len(devices) // known
+    if math.prod(sizes) != len(devices):
+        raise ValueError(
+            f"config.mesh {list(axes)} needs {math.prod(sizes)} devices but "
+            f"{len(devices)} are available; set one size to -1 to use them all."
+        )
+    return jax.make_mesh(
+        tuple(sizes), tuple(names), axis_types=(AxisType.Auto,) * len(names), devices=devices
+    )
 
 
 def rules_from_config(rules: Iterable[Sequence[Any]]) -> dict[str, MeshAxes]:
-  """The config stores rules as a list of (logical, mesh axes) pairs; mesh axes may be a
-  name, a list/tuple of names, or None (replicated)."""
-  out: dict[str, MeshAxes] = {}
-  for logical, mesh_axes in rules:
-    if isinstance(mesh_axes, (list, tuple)):
-      mesh_axes = tuple(mesh_axes)
-    out[str(logical)] = mesh_axes
-  return out
+    """The config stores rules as a list of (logical, mesh axes) pairs; mesh axes may be a
+    name, a list/tuple of names, or None (replicated)."""
+    out: dict[str, MeshAxes] = {}
+    for logical, mesh_axes in rules:
+        if isinstance(mesh_axes, (list, tuple)):
+            mesh_axes = tuple(mesh_axes)
+        out[str(logical)] = mesh_axes
+    return out
 
 
 def _as_tuple(mesh_axes: MeshAxes) -> tuple[str, ...]:
-  if mesh_axes is None:
-    return ()
-  return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+    if mesh_axes is None:
+        return ()
+    return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
 
 
-def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], rules: Rules,
-                    mesh: Mesh) -> P:
-  """PartitionSpec for an array with the given logical axes, honouring divisibility."""
-  if len(logical) != len(shape):
-    raise ValueError(f"logical axes {tuple(logical)} do not match shape {tuple(shape)}.")
-  used: set[str] = set()
-  spec: list[Any] = []
-  for name, size in zip(logical, shape):
-    if name is None:
-      spec.append(None)
-      continue
-    if name not in rules:
-      raise ValueError(f"No sharding rule for logical axis {name!r}. Add "
-                       f"('{name}', <mesh axes or None>) to config.sharding.rules "
-                       f"(known: {sorted(rules)}).")
-    chosen: list[str] = []
-    for axis in _as_tuple(rules[name]):
-      if axis not in mesh.shape:
-        raise ValueError(f"Sharding rule {name!r} -> {rules[name]!r} names mesh axis {axis!r}, "
-                         f"but the mesh has axes {tuple(mesh.shape)}.")
-      if axis in used or mesh.shape[axis] == 1:
-        continue
-      if size % (math.prod(mesh.shape[a] for a in chosen) * mesh.shape[axis]) == 0:
-        chosen.append(axis)
-    used.update(chosen)
-    spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
-  return P(*spec)
+def logical_to_spec(
+    logical: Sequence[str | None], shape: Sequence[int], rules: Rules, mesh: Mesh
+) -> P:
+    """PartitionSpec for an array with the given logical axes, honouring divisibility."""
+    if len(logical) != len(shape):
+        raise ValueError(f"logical axes {tuple(logical)} do not match shape {tuple(shape)}.")
+    used: set[str] = set()
+    spec: list[Any] = []
+    for name, size in zip(logical, shape):
+        if name is None:
+            spec.append(None)
+            continue
+        if name not in rules:
+            raise ValueError(
+                f"No sharding rule for logical axis {name!r}. Add "
+                f"('{name}', <mesh axes or None>) to config.sharding.rules "
+                f"(known: {sorted(rules)})."
+            )
+        chosen: list[str] = []
+        for axis in _as_tuple(rules[name]):
+            if axis not in mesh.shape:
+                raise ValueError(
+                    f"Sharding rule {name!r} -> {rules[name]!r} names mesh axis {axis!r}, "
+                    f"but the mesh has axes {tuple(mesh.shape)}."
+                )
+            if axis in used or mesh.shape[axis] == 1:
+                continue
+            if size % (math.prod(mesh.shape[a] for a in chosen) * mesh.shape[axis]) == 0:
+                chosen.append(axis)
+        used.update(chosen)
+        spec.append(None if not chosen else chosen[0] if len(chosen) == 1 else tuple(chosen))
+    return P(*spec)
 
 
 def _variable_spec(var: nnx.Variable, rules: Rules, mesh: Mesh) -> P:
-  shape = var.shape
-  axes = var.get_metadata().get(AXES_KEY)
-  if axes is None:
-    return P()
-  axes = tuple(axes)
-  if len(shape) == len(axes) + 1:  # stacked by nnx.vmap for scanned blocks
-    axes = ("layers",) + axes
-  return logical_to_spec(axes, shape, rules, mesh)
+    shape = var.shape
+    axes = var.get_metadata().get(AXES_KEY)
+    if axes is None:
+        return P()
+    axes = tuple(axes)
+    if len(shape) == len(axes) + 1:  # stacked by nnx.vmap for scanned blocks
+        axes = ("layers",) + axes
+    return logical_to_spec(axes, shape, rules, mesh)
 
 
 def state_shardings(state: Any, mesh: Mesh, rules: Rules) -> Any:
-  """NamedShardings for an (abstract) nnx state: parameters and optimizer moments alike."""
-  def f(x):
-    if isinstance(x, nnx.Variable):
-      return x.replace(NamedSharding(mesh, _variable_spec(x, rules, mesh)))
-    return NamedSharding(mesh, P())
-  return jax.tree.map(f, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    """NamedShardings for an (abstract) nnx state: parameters and optimizer moments alike."""
+
+    def f(x):
+        if isinstance(x, nnx.Variable):
+            return x.replace(NamedSharding(mesh, _variable_spec(x, rules, mesh)))
+        return NamedSharding(mesh, P())
+
+    return jax.tree.map(f, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_axes(rules: Rules) -> tuple[str, ...]:
-  if "batch" not in rules:
-    raise ValueError("config.sharding.rules needs a ('batch', <mesh axes>) entry for the data.")
-  return _as_tuple(rules["batch"])
+    if "batch" not in rules:
+        raise ValueError("config.sharding.rules needs a ('batch', <mesh axes>) entry for the data.")
+    return _as_tuple(rules["batch"])
 
 
 def batch_sharding(mesh: Mesh, rules: Rules) -> NamedSharding:
-  """Leading (example) dimension split over the batch mesh axes; the rest replicated."""
-  return NamedSharding(mesh, P(batch_axes(rules) or None))
+    """Leading (example) dimension split over the batch mesh axes; the rest replicated."""
+    return NamedSharding(mesh, P(batch_axes(rules) or None))
 
 
 def check_global_batch(global_batch: int, mesh: Mesh, rules: Rules) -> None:
-  shards = math.prod(mesh.shape[a] for a in batch_axes(rules))
-  if global_batch % shards:
-    raise ValueError(
-        f"Global batch {global_batch} is not divisible by the {shards} batch shards "
-        f"(mesh axes {batch_axes(rules)} of {dict(mesh.shape)}); use a batch size that is a "
-        f"multiple of {shards}, e.g. {max(shards, global_batch // shards * shards)}.")
-  if global_batch % jax.process_count():
-    raise ValueError(f"Global batch {global_batch} is not divisible by the "
-                     f"{jax.process_count()} processes.")
+    shards = math.prod(mesh.shape[a] for a in batch_axes(rules))
+    if global_batch % shards:
+        raise ValueError(
+            f"Global batch {global_batch} is not divisible by the {shards} batch shards "
+            f"(mesh axes {batch_axes(rules)} of {dict(mesh.shape)}); use a batch size that is a "
+            f"multiple of {shards}, e.g. {max(shards, global_batch // shards * shards)}."
+        )
+    if global_batch % jax.process_count():
+        raise ValueError(
+            f"Global batch {global_batch} is not divisible by the {jax.process_count()} processes."
+        )
 
 
-def to_global(host_batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """This host's slice of the batch -> global arrays laid out on the mesh."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in host_batch.items()}
+def to_global(
+    host_batch: Mapping[str, np.ndarray], sharding: NamedSharding
+) -> dict[str, jax.Array]:
+    """This host's slice of the batch -> global arrays laid out on the mesh."""
+    return {
+        k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+        for k, v in host_batch.items()
+    }
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+    return NamedSharding(mesh, P())
 
 
 def sharded_fraction(state: Any) -> float:
-  """Bytes one device holds of the state, over the bytes of the whole state.
+    """Bytes one device holds of the state, over the bytes of the whole state.
 
-  1.0 means fully replicated; 1/n means perfectly split over n devices.
-  """
-  total = 0
-  per_device = 0
-  for leaf in jax.tree.leaves(state):
-    if not hasattr(leaf, "sharding"):
-      continue
-    nbytes = leaf.size * leaf.dtype.itemsize
-    shard_shape = leaf.sharding.shard_shape(leaf.shape)
-    total += nbytes
-    per_device += math.prod(shard_shape) * leaf.dtype.itemsize
-  return per_device / max(total, 1)
+    1.0 means fully replicated; 1/n means perfectly split over n devices.
+    """
+    total = 0
+    per_device = 0
+    for leaf in jax.tree.leaves(state):
+        if not hasattr(leaf, "sharding"):
+            continue
+        nbytes = leaf.size * leaf.dtype.itemsize
+        shard_shape = leaf.sharding.shard_shape(leaf.shape)
+        total += nbytes
+        per_device += math.prod(shard_shape) * leaf.dtype.itemsize
+    return per_device / max(total, 1)
 
 
 def abstract_on_mesh(abstract_state: Any, shardings: Any) -> Any:
-  """ShapeDtypeStructs that carry their target shardings (for AOT compiles and restores)."""
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract_state, shardings)
+    """ShapeDtypeStructs that carry their target shardings (for AOT compiles and restores)."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_state, shardings
+    )

@@ -37,233 +37,310 @@ Batch = Mapping[str, Any]
 # Targets and the loss, as a pure function of (model, batch).
 # ---------------------------------------------------------------------------------------------
 
+
 def hog_target_dim(config: ml_collections.ConfigDict, patch_size: int, channels: int = 3) -> int:
-  cells = patch_size // config.hog.cell_size
-  return channels * config.hog.nbins * cells * cells
+    cells = patch_size // config.hog.cell_size
+    return channels * config.hog.nbins * cells * cells
 
 
 def compute_targets(images: jax.Array, spec, hog_cfg: ml_collections.ConfigDict) -> jax.Array:
-  kwargs = dict(patch_size=spec.patch_size, nbins=hog_cfg.nbins, cell_size=hog_cfg.cell_size,
-                gaussian_window=hog_cfg.gaussian_window)
-  if spec.is_video:
-    return hog.hog_targets_video(images, temporal_stride=spec.tubelet, **kwargs)
-  return hog.hog_targets(images, **kwargs)
+    kwargs = dict(
+        patch_size=spec.patch_size,
+        nbins=hog_cfg.nbins,
+        cell_size=hog_cfg.cell_size,
+        gaussian_window=hog_cfg.gaussian_window,
+    )
+    if spec.is_video:
+        return hog.hog_targets_video(images, temporal_stride=spec.tubelet, **kwargs)
+    return hog.hog_targets(images, **kwargs)
 
 
 def token_mask(mask: jax.Array, token_grid: tuple[int, ...]) -> jax.Array:
-  """Mask units [B, *unit_grid] -> token mask [B, N] (nearest upsampling by integer factors)."""
-  unit_grid = tuple(mask.shape[1:])
-  if len(unit_grid) != len(token_grid) or any(t % u for t, u in zip(token_grid, unit_grid)):
-    raise ValueError(f"mask grid {unit_grid} does not divide the token grid {token_grid}; "
-                     "set config.mask.grid to the token grid or an integer fraction of it.")
-  factors = tuple(t // u for t, u in zip(token_grid, unit_grid))
-  if any(f != 1 for f in factors):
-    mask = masking.upsample_mask(mask, factors)
-  return mask.reshape(mask.shape[0], -1)
+    """Mask units [B, *unit_grid] -> token mask [B, N] (nearest upsampling by integer factors)."""
+    unit_grid = tuple(mask.shape[1:])
+    if len(unit_grid) != len(token_grid) or any(t % u for t, u in zip(token_grid, unit_grid)):
+        raise ValueError(
+            f"mask grid {unit_grid} does not divide the token grid {token_grid}; "
+            "set config.mask.grid to the token grid or an integer fraction of it."
+        )
+    factors = tuple(t // u for t, u in zip(token_grid, unit_grid))
+    if any(f != 1 for f in factors):
+        mask = masking.upsample_mask(mask, factors)
+    return mask.reshape(mask.shape[0], -1)
 
 
 def loss_fn(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
-  spec = model.spec
-  images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
-  # HOG is invariant to the per-channel affine normalization, so the targets come from the
-  # same augmented view before normalizing: integer pixels make every Sobel cancellation
-  # exact, and a pixel's bin never depends on float rounding of the normalized values.
-  pixels = batch["image"].astype(jnp.float32)
-  targets = jax.lax.stop_gradient(compute_targets(pixels, spec, config.hog))
-  mask = token_mask(batch["mask"], spec.grid)
-  pred = model(images, mask)
-  loss = objectives.masked_mse(pred, targets, mask)
-  return loss, {"mask_ratio": jnp.mean(mask.astype(jnp.float32))}
+    spec = model.spec
+    images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
+    # HOG is invariant to the per-channel affine normalization, so the targets come from the
+    # same augmented view before normalizing: integer pixels make every Sobel cancellation
+    # exact, and a pixel's bin never depends on float rounding of the normalized values.
+    pixels = batch["image"].astype(jnp.float32)
+    targets = jax.lax.stop_gradient(compute_targets(pixels, spec, config.hog))
+    mask = token_mask(batch["mask"], spec.grid)
+    pred = model(images, mask)
+    loss = objectives.masked_mse(pred, targets, mask)
+    return loss, {"mask_ratio": jnp.mean(mask.astype(jnp.float32))}
 
 
-def train_step(state: nnx.State, batch: Batch, *, graphdef: nnx.GraphDef,
-               config: ml_collections.ConfigDict, schedule: optax.Schedule):
-  model, optimizer = nnx.merge(graphdef, state)
-  lr = schedule(optimizer.step[...])
-  grad_fn = nnx.value_and_grad(functools.partial(loss_fn, batch=batch, config=config),
-                               has_aux=True)
-  (loss, aux), grads = grad_fn(model)
-  optimizer.update(model, grads)
-  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **aux}
-  return nnx.state((model, optimizer)), metrics
+def train_step(
+    state: nnx.State,
+    batch: Batch,
+    *,
+    graphdef: nnx.GraphDef,
+    config: ml_collections.ConfigDict,
+    schedule: optax.Schedule,
+):
+    model, optimizer = nnx.merge(graphdef, state)
+    lr = schedule(optimizer.step[...])
+    grad_fn = nnx.value_and_grad(
+        functools.partial(loss_fn, batch=batch, config=config), has_aux=True
+    )
+    (loss, aux), grads = grad_fn(model)
+    optimizer.update(model, grads)
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **aux}
+    return nnx.state((model, optimizer)), metrics
 
 
 # ---------------------------------------------------------------------------------------------
 # Abstract state, shardings and the compiled step for one config on one mesh.
 # ---------------------------------------------------------------------------------------------
 
+
 @dataclasses.dataclass
 class Trainer:
-  config: ml_collections.ConfigDict
-  mesh: jax.sharding.Mesh
-  rules: dict
-  spec: Any
-  graphdef: nnx.GraphDef
-  abstract_state: nnx.State
-  state_shardings: Any
-  batch_sharding: jax.sharding.NamedSharding
-  schedule: optax.Schedule
-  total_steps: int
-  step: Callable  # jitted (state, batch) -> (state, metrics)
-  init: Callable  # jitted (key) -> state, created directly in its shardings
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    rules: dict
+    spec: Any
+    graphdef: nnx.GraphDef
+    abstract_state: nnx.State
+    state_shardings: Any
+    batch_sharding: jax.sharding.NamedSharding
+    schedule: optax.Schedule
+    total_steps: int
+    step: Callable  # jitted (state, batch) -> (state, metrics)
+    init: Callable  # jitted (key) -> state, created directly in its shardings
 
-  def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
-    b = self.config.input.batch_size
-    s = self.spec.image_size
-    frames = (self.spec.num_frames,) if self.spec.is_video else ()
-    return {
-        "image": jax.ShapeDtypeStruct((b, *frames, s, s, 3), jnp.uint8, sharding=self.batch_sharding),
-        "mask": jax.ShapeDtypeStruct((b, *mask_grid(self.config, self.spec)), jnp.bool_,
-                                     sharding=self.batch_sharding),
-    }
+    def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+        b = self.config.input.batch_size
+        s = self.spec.image_size
+        frames = (self.spec.num_frames,) if self.spec.is_video else ()
+        return {
+            "image": jax.ShapeDtypeStruct(
+                (b, *frames, s, s, 3), jnp.uint8, sharding=self.batch_sharding
+            ),
+            "mask": jax.ShapeDtypeStruct(
+                (b, *mask_grid(self.config, self.spec)), jnp.bool_, sharding=self.batch_sharding
+            ),
+        }
 
-  def compile(self):
-    """AOT-compile the step for the config's shapes (also gives memory figures)."""
-    state = sharding.abstract_on_mesh(self.abstract_state, self.state_shardings)
-    return self.step.lower(state, self.abstract_batch()).compile()
+    def compile(self):
+        """AOT-compile the step for the config's shapes (also gives memory figures)."""
+        state = sharding.abstract_on_mesh(self.abstract_state, self.state_shardings)
+        return self.step.lower(state, self.abstract_batch()).compile()
 
 
 def mask_grid(config: ml_collections.ConfigDict, spec) -> tuple[int, ...]:
-  grid = config.mask.get("grid")
-  return tuple(grid) if grid else tuple(spec.grid)
+    grid = config.mask.get("grid")
+    return tuple(grid) if grid else tuple(spec.grid)
 
 
 def schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
-  """(total_steps, warmup_steps) from explicit steps or from epochs of the dataset."""
-  batch = config.input.batch_size
-  if config.get("total_steps"):
-    total = int(config.total_steps)
-    warmup = int(config.optim.get("warmup_steps") or 0)
-    if not warmup and config.optim.get("warmup_epochs") and config.get("total_epochs"):
-      warmup = round(total * config.optim.warmup_epochs / config.total_epochs)
-    return total, warmup
-  steps_per_epoch = config.input.examples_per_epoch // batch
-  if steps_per_epoch < 1:
-    raise ValueError(f"config.input.batch_size={batch} exceeds the dataset's "
-                     f"{config.input.examples_per_epoch} examples per epoch; set config.total_steps.")
-  return (round(config.total_epochs * steps_per_epoch),
-          round(config.optim.warmup_epochs * steps_per_epoch))
+    """(total_steps, warmup_steps) from explicit steps or from epochs of the dataset."""
+    batch = config.input.batch_size
+    if config.get("total_steps"):
+        total = int(config.total_steps)
+        warmup = int(config.optim.get("warmup_steps") or 0)
+        if not warmup and config.optim.get("warmup_epochs") and config.get("total_epochs"):
+            warmup = round(total * config.optim.warmup_epochs / config.total_epochs)
+        return total, warmup
+    steps_per_epoch = config.input.examples_per_epoch // batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"config.input.batch_size={batch} exceeds the dataset's "
+            f"{config.input.examples_per_epoch} examples per epoch; set config.total_steps."
+        )
+    return (
+        round(config.total_epochs * steps_per_epoch),
+        round(config.optim.warmup_epochs * steps_per_epoch),
+    )
 
 
-def _make_train_objects(config: ml_collections.ConfigDict, spec_target_dim: int,
-                        schedule: optax.Schedule, rngs: nnx.Rngs):
-  model = models.build_model(config.model, rngs, target_dim=spec_target_dim)
-  tx = optim.make_optimizer(config.optim, schedule)
-  return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+def _make_train_objects(
+    config: ml_collections.ConfigDict,
+    spec_target_dim: int,
+    schedule: optax.Schedule,
+    rngs: nnx.Rngs,
+):
+    model = models.build_model(config.model, rngs, target_dim=spec_target_dim)
+    tx = optim.make_optimizer(config.optim, schedule)
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
-def build_trainer(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Trainer:
-  mesh = mesh or sharding.make_mesh(config.mesh)
-  rules = sharding.rules_from_config(config.sharding.rules)
-  sharding.check_global_batch(config.input.batch_size, mesh, rules)
-  spec = models.model_spec(config.model)
-  target_dim = hog_target_dim(config, spec.patch_size)
-  total_steps, warmup_steps = schedule_steps(config)
-  schedule = optim.learning_rate_schedule(config.optim, global_batch=config.input.batch_size,
-                                          total_steps=total_steps, warmup_steps=warmup_steps)
-  make = functools.partial(_make_train_objects, config, target_dim, schedule)
-  abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
-  graphdef, abstract_state = nnx.split(abstract)
-  spec = abstract[0].spec
-  state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
-  batch_sharding = sharding.batch_sharding(mesh, rules)
+def build_trainer(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
+) -> Trainer:
+    mesh = mesh or sharding.make_mesh(config.mesh)
+    rules = sharding.rules_from_config(config.sharding.rules)
+    sharding.check_global_batch(config.input.batch_size, mesh, rules)
+    spec = models.model_spec(config.model)
+    target_dim = hog_target_dim(config, spec.patch_size)
+    total_steps, warmup_steps = schedule_steps(config)
+    schedule = optim.learning_rate_schedule(
+        config.optim,
+        global_batch=config.input.batch_size,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+    make = functools.partial(_make_train_objects, config, target_dim, schedule)
+    abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
+    graphdef, abstract_state = nnx.split(abstract)
+    spec = abstract[0].spec
+    state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
+    batch_sharding = sharding.batch_sharding(mesh, rules)
 
-  def init(key):
-    return nnx.state(make(nnx.Rngs(key)))
+    def init(key):
+        return nnx.state(make(nnx.Rngs(key)))
 
-  step = jax.jit(
-      functools.partial(train_step, graphdef=graphdef, config=config, schedule=schedule),
-      in_shardings=(state_shardings, batch_sharding),
-      out_shardings=(state_shardings, sharding.replicated(mesh)),
-      donate_argnums=0)
-  return Trainer(config=config, mesh=mesh, rules=rules, spec=spec, graphdef=graphdef,
-                 abstract_state=abstract_state, state_shardings=state_shardings,
-                 batch_sharding=batch_sharding, schedule=schedule, total_steps=total_steps,
-                 step=step, init=jax.jit(init, out_shardings=state_shardings))
+    step = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, config=config, schedule=schedule),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, sharding.replicated(mesh)),
+        donate_argnums=0,
+    )
+    return Trainer(
+        config=config,
+        mesh=mesh,
+        rules=rules,
+        spec=spec,
+        graphdef=graphdef,
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+        batch_sharding=batch_sharding,
+        schedule=schedule,
+        total_steps=total_steps,
+        step=step,
+        init=jax.jit(init, out_shardings=state_shardings),
+    )
 
 
 def count_params(state: nnx.State) -> int:
-  model_state = state[0] if isinstance(state, (tuple, list)) else state
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model_state, nnx.Param))
-             if hasattr(x, "shape"))
+    model_state = state[0] if isinstance(state, (tuple, list)) else state
+    return sum(
+        int(np.prod(x.shape))
+        for x in jax.tree.leaves(nnx.state(model_state, nnx.Param))
+        if hasattr(x, "shape")
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------------------------
 
+
 def _format_duration(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
 class MetricsLog:
-  """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (host 0 only)."""
+    """Appends one JSON object per logged step to ``workdir/metrics.jsonl`` (host 0 only)."""
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self.enabled = jax.process_index() == 0
-    if self.enabled:
-      os.makedirs(workdir, exist_ok=True)
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            os.makedirs(workdir, exist_ok=True)
 
-  def write(self, step: int, metrics: Mapping[str, float]) -> None:
-    if self.enabled:
-      with open(self.path, "a") as f:
-        f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+    def write(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(
+                    json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n"
+                )
 
 
 def train_iterator(config: ml_collections.ConfigDict, spec) -> Iterator[dict[str, np.ndarray]]:
-  """This host's slice of each global batch, from the configured source."""
-  from maskfeat_jax.data import images as image_data  # grain is only needed when training
-  return image_data.iterator_from_config(
-      config, image_size=spec.image_size, mask_grid=mask_grid(config, spec),
-      per_host_batch=config.input.batch_size // jax.process_count(),
-      shard_index=jax.process_index(), shard_count=jax.process_count())
+    """This host's slice of each global batch, from the configured source."""
+    from maskfeat_jax.data import images as image_data  # grain is only needed when training
+
+    return image_data.iterator_from_config(
+        config,
+        image_size=spec.image_size,
+        mask_grid=mask_grid(config, spec),
+        per_host_batch=config.input.batch_size // jax.process_count(),
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-  """Pretrains as the config says; returns the last logged metrics."""
-  trainer = build_trainer(config)
-  logging.info("Mesh %s; %d devices over %d processes.", dict(trainer.mesh.shape),
-               jax.device_count(), jax.process_count())
+    """Pretrains as the config says; returns the last logged metrics."""
+    trainer = build_trainer(config)
+    logging.info(
+        "Mesh %s; %d devices over %d processes.",
+        dict(trainer.mesh.shape),
+        jax.device_count(),
+        jax.process_count(),
+    )
 
-  compiled = trainer.compile()
-  mem = compiled.memory_analysis()
-  if mem is not None:
-    logging.info("Step memory per device: arguments %.1f MiB, temporaries %.1f MiB.",
-                 mem.argument_size_in_bytes / 2**20, mem.temp_size_in_bytes / 2**20)
+    compiled = trainer.compile()
+    mem = compiled.memory_analysis()
+    if mem is not None:
+        logging.info(
+            "Step memory per device: arguments %.1f MiB, temporaries %.1f MiB.",
+            mem.argument_size_in_bytes / 2**20,
+            mem.temp_size_in_bytes / 2**20,
+        )
 
-  state = trainer.init(jax.random.key(config.seed))
-  logging.info("Model %s %s: %s parameters; %d steps.", config.model.name, config.model.variant,
-               f"{count_params(state):,}", trainer.total_steps)
-  data = train_iterator(config, trainer.spec)
-  log = MetricsLog(workdir)
-  every = max(1, int(config.log_every_steps))
-  last: dict[str, float] = {}
-  t_last, step_last = None, 0
-  for step in range(1, trainer.total_steps + 1):
-    batch = sharding.to_global(next(data), trainer.batch_sharding)
-    state, metrics = compiled(state, batch)
-    if step == 1 or step % every == 0 or step == trainer.total_steps:
-      last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      now = time.perf_counter()
-      if t_last is None:  # the first step includes warm-up; time from here on
-        rate, eta = float("nan"), ""
-      else:
-        rate = (step - step_last) / (now - t_last)
-        eta = f", ETA {_format_duration((trainer.total_steps - step) / rate)}"
-      t_last, step_last = now, step
-      last["steps_per_sec"] = rate
-      log.write(step, last)
-      logging.info("step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g, %.2f steps/s%s", step,
-                   trainer.total_steps, last["loss"], last["lr"], last["grad_norm"], rate, eta)
-      if not math.isfinite(last["loss"]):
-        raise FloatingPointError(f"loss became {last['loss']} at step {step}; lower "
-                                 "config.optim.base_lr or check the input data.")
+    state = trainer.init(jax.random.key(config.seed))
+    logging.info(
+        "Model %s %s: %s parameters; %d steps.",
+        config.model.name,
+        config.model.variant,
+        f"{count_params(state):,}",
+        trainer.total_steps,
+    )
+    data = train_iterator(config, trainer.spec)
+    log = MetricsLog(workdir)
+    every = max(1, int(config.log_every_steps))
+    last: dict[str, float] = {}
+    t_last, step_last = None, 0
+    for step in range(1, trainer.total_steps + 1):
+        batch = sharding.to_global(next(data), trainer.batch_sharding)
+        state, metrics = compiled(state, batch)
+        if step == 1 or step % every == 0 or step == trainer.total_steps:
+            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            now = time.perf_counter()
+            if t_last is None:  # the first step includes warm-up; time from here on
+                rate, eta = float("nan"), ""
+            else:
+                rate = (step - step_last) / (now - t_last)
+                eta = f", ETA {_format_duration((trainer.total_steps - step) / rate)}"
+            t_last, step_last = now, step
+            last["steps_per_sec"] = rate
+            log.write(step, last)
+            logging.info(
+                "step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g, %.2f steps/s%s",
+                step,
+                trainer.total_steps,
+                last["loss"],
+                last["lr"],
+                last["grad_norm"],
+                rate,
+                eta,
+            )
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(
+                    f"loss became {last['loss']} at step {step}; lower "
+                    "config.optim.base_lr or check the input data."
+                )
 
-  from maskfeat_jax import checkpoint
-  path = checkpoint.save(os.path.join(workdir, "checkpoints"), trainer.total_steps, state)
-  logging.info("Saved checkpoint %s", path)
-  return last
+    from maskfeat_jax import checkpoint
+
+    path = checkpoint.save(os.path.join(workdir, "checkpoints"), trainer.total_steps, state)
+    logging.info("Saved checkpoint %s", path)
+    return last

@@ -11,84 +11,114 @@ import pytest
 from flax import nnx
 
 from configs import demo, in1k_vit_b_pretrain, in1k_vit_l_pretrain
-from maskfeat_jax import sharding, train
+from maskfeat_jax import train
 from maskfeat_jax.models import vit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("module,variant,params", [
-    (in1k_vit_b_pretrain, "B/16", 85_882_476),
-    (in1k_vit_l_pretrain, "L/16", 303_413_356),
-])
+@pytest.mark.parametrize(
+    "module,variant,params",
+    [
+        (in1k_vit_b_pretrain, "B/16", 85_882_476),
+        (in1k_vit_l_pretrain, "L/16", 303_413_356),
+    ],
+)
 def test_in1k_configs_carry_the_reference_recipe(module, variant, params):
-  c = module.get_config()
-  assert c.model.variant == variant and c.model.image_size == 224
-  assert c.input.batch_size == 2048 and c.total_epochs == 1600
-  assert c.input.scale == (0.5, 1.0) and c.mask.ratio == 0.4 and c.mask.kind == "block"
-  o = c.optim
-  assert (o.base_lr, o.warmup_start_lr, o.end_lr, o.lr_batch_reference) == (2e-4, 1e-6, 1e-6, 256)
-  assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_grad_norm, o.warmup_epochs) == (
-      0.9, 0.999, 1e-8, 0.05, 0.02, 30)
-  assert c.hog.gaussian_window == 0
-  trainer = train.build_trainer(c)  # abstract only: shapes, shardings, schedule
-  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state[0]))
-  assert n == params
-  steps_per_epoch = 1_281_167 // 2048
-  assert trainer.total_steps == 1600 * steps_per_epoch
-  np.testing.assert_allclose(trainer.schedule(30 * steps_per_epoch), 1.6e-3, rtol=1e-5)
-  assert module.get_config("300ep").total_epochs == 300
-  with pytest.raises(ValueError, match="Unknown variant"):
-    module.get_config("nope")
+    c = module.get_config()
+    assert c.model.variant == variant and c.model.image_size == 224
+    assert c.input.batch_size == 2048 and c.total_epochs == 1600
+    assert c.input.scale == (0.5, 1.0) and c.mask.ratio == 0.4 and c.mask.kind == "block"
+    o = c.optim
+    assert (o.base_lr, o.warmup_start_lr, o.end_lr, o.lr_batch_reference) == (2e-4, 1e-6, 1e-6, 256)
+    assert (o.b1, o.b2, o.eps, o.weight_decay, o.clip_grad_norm, o.warmup_epochs) == (
+        0.9,
+        0.999,
+        1e-8,
+        0.05,
+        0.02,
+        30,
+    )
+    assert c.hog.gaussian_window == 0
+    trainer = train.build_trainer(c)  # abstract only: shapes, shardings, schedule
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state[0]))
+    assert n == params
+    steps_per_epoch = 1_281_167 // 2048
+    assert trainer.total_steps == 1600 * steps_per_epoch
+    np.testing.assert_allclose(trainer.schedule(30 * steps_per_epoch), 1.6e-3, rtol=1e-5)
+    assert module.get_config("300ep").total_epochs == 300
+    with pytest.raises(ValueError, match="Unknown variant"):
+        module.get_config("nope")
 
 
 def test_vit_l_finetune_form_matches_timm_parameter_count():
-  # timm vit_large_patch16_224: 304,326,632 parameters.
-  model = nnx.eval_shape(lambda: vit.ViT(vit.make_spec("L/16", num_classes=1000), rngs=nnx.Rngs(0)))
-  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))) == 304_326_632
+    # timm vit_large_patch16_224: 304,326,632 parameters.
+    model = nnx.eval_shape(
+        lambda: vit.ViT(vit.make_spec("L/16", num_classes=1000), rngs=nnx.Rngs(0))
+    )
+    assert (
+        sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+        == 304_326_632
+    )
 
 
 def test_vit_l_config_is_sharded_over_eight_devices():
-  trainer = train.build_trainer(in1k_vit_l_pretrain.get_config())
-  assert dict(trainer.mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
-  specs = {"/".join(map(str, k)): v.get_value().spec
-           for k, v in nnx.to_flat_state(trainer.state_shardings[0])}
-  # Scanned blocks: the leading layer axis stays whole, the embed axis is split.
-  assert specs["blocks/attn/qkv/kernel"] == jax.sharding.PartitionSpec(None, "fsdp", None)
+    trainer = train.build_trainer(in1k_vit_l_pretrain.get_config())
+    assert dict(trainer.mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+    specs = {
+        "/".join(map(str, k)): v.get_value().spec
+        for k, v in nnx.to_flat_state(trainer.state_shardings[0])
+    }
+    # Scanned blocks: the leading layer axis stays whole, the embed axis is split.
+    assert specs["blocks/attn/qkv/kernel"] == jax.sharding.PartitionSpec(None, "fsdp", None)
 
 
 def test_missing_data_dir_names_the_flag():
-  from maskfeat_jax.data import images
-  c = in1k_vit_b_pretrain.get_config()
-  with pytest.raises(ValueError, match="--config.input.data_dir"):
-    images.iterator_from_config(c, image_size=224, mask_grid=(14, 14), per_host_batch=8)
+    from maskfeat_jax.data import images
+
+    c = in1k_vit_b_pretrain.get_config()
+    with pytest.raises(ValueError, match="--config.input.data_dir"):
+        images.iterator_from_config(c, image_size=224, mask_grid=(14, 14), per_host_batch=8)
+
+
+def run_main(workdir, *overrides, **env):
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maskfeat_jax.main",
+            "--config",
+            "configs/demo.py:smoke",
+            "--workdir",
+            str(workdir),
+            *overrides,
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=ROOT, **env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_demo_smoke_run_end_to_end(tmp_path):
-  workdir = tmp_path / "demo"
-  env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=ROOT)
-  proc = subprocess.run(
-      [sys.executable, "-m", "maskfeat_jax.main", "--config", "configs/demo.py:smoke",
-       "--workdir", str(workdir), "--config.input.batch_size=8"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "ETA" in proc.stderr
-  lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [l["step"] for l in lines] == [1, 5, 10, 15, 20]
-  assert lines[-1]["loss"] < lines[0]["loss"]
-  assert (workdir / "checkpoints" / "20").is_dir()
+    workdir = tmp_path / "demo"
+    proc = run_main(workdir, "--config.input.batch_size=8", XLA_FLAGS="")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ETA" in proc.stderr
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 5, 10, 15, 20]
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert (workdir / "checkpoints" / "20").is_dir()
 
 
 def test_unknown_config_key_is_refused(tmp_path):
-  proc = subprocess.run(
-      [sys.executable, "-m", "maskfeat_jax.main", "--config", "configs/demo.py:smoke",
-       "--workdir", str(tmp_path), "--config.input.batchsize=8"],
-      cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0
-  assert "batchsize" in proc.stderr
+    proc = run_main(tmp_path, "--config.input.batchsize=8")
+    assert proc.returncode != 0
+    assert "batchsize" in proc.stderr
 
 
 def test_demo_config_is_small_and_uses_the_embedded_photos():
-  c = demo.get_config()
-  assert c.input.dataset == "embedded" and c.total_steps == 300
-  assert c.model.image_size % 16 == 0
+    c = demo.get_config()
+    assert c.input.dataset == "embedded" and c.total_steps == 300
+    assert c.model.image_size % 16 == 0

@@ -19,8 +19,15 @@ def _gen():
 
 
 def _dataset(photos, **kw):
-    args = dict(image_size=SIZE, patch_size=PATCH, mask_generator=_gen(),
-                per_host_batch=4, seed=0, read_threads=2, prefetch_batches=2)
+    args = dict(
+        image_size=SIZE,
+        patch_size=PATCH,
+        mask_generator=_gen(),
+        per_host_batch=4,
+        seed=0,
+        read_threads=2,
+        prefetch_batches=2,
+    )
     args.update(kw)
     return images.make_pretrain_dataset(photos, **args)
 
@@ -39,8 +46,10 @@ def _assert_batches_equal(a, b):
 
 
 def _batches_equal(a, b):
-    return all(np.array_equal(x["image"], y["image"])
-               and np.array_equal(x["mask"], y["mask"]) for x, y in zip(a, b))
+    return all(
+        np.array_equal(x["image"], y["image"]) and np.array_equal(x["mask"], y["mask"])
+        for x, y in zip(a, b)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +62,7 @@ def photos():
 def _constant_photos(n):
     """Photo i is a constant image of value 10*i + 5 (sizes vary), so every
     augmented view still reveals which photo it came from."""
-    return [np.full((40 + 7 * i, 90 - 5 * i, 3), 10 * i + 5, np.uint8)
-            for i in range(n)]
+    return [np.full((40 + 7 * i, 90 - 5 * i, 3), 10 * i + 5, np.uint8) for i in range(n)]
 
 
 def _indices(batch):
@@ -90,14 +98,12 @@ def test_embedded_photos_are_real_rgb_uint8_in_fixed_order():
 def test_embedded_photos_match_library_loaders():
     skdata = pytest.importorskip("skimage.data")
     sk_datasets = pytest.importorskip("sklearn.datasets")
-    np.testing.assert_array_equal(embedded.load_photo("astronaut"),
-                                  skdata.astronaut())
-    np.testing.assert_array_equal(embedded.load_photo("rocket"),
-                                  skdata.rocket())
-    np.testing.assert_array_equal(embedded.load_photo("coins")[..., 0],
-                                  skdata.coins())
-    np.testing.assert_array_equal(embedded.load_photo("flower"),
-                                  sk_datasets.load_sample_image("flower.jpg"))
+    np.testing.assert_array_equal(embedded.load_photo("astronaut"), skdata.astronaut())
+    np.testing.assert_array_equal(embedded.load_photo("rocket"), skdata.rocket())
+    np.testing.assert_array_equal(embedded.load_photo("coins")[..., 0], skdata.coins())
+    np.testing.assert_array_equal(
+        embedded.load_photo("flower"), sk_datasets.load_sample_image("flower.jpg")
+    )
 
 
 def test_embedded_split_is_deterministic_and_disjoint():
@@ -112,15 +118,13 @@ def test_embedded_split_is_deterministic_and_disjoint():
 
 
 def test_embedded_missing_file_names_the_pinned_package(monkeypatch):
-    monkeypatch.setitem(embedded._FILES, "gone",
-                        (embedded._SKIMAGE, "no_such_photo.png"))
-    with pytest.raises(embedded.EmbeddedDataError,
-                       match=r"scikit-image==0\.26\.0"):
+    monkeypatch.setitem(embedded._FILES, "gone", (embedded._SKIMAGE, "no_such_photo.png"))
+    with pytest.raises(embedded.EmbeddedDataError, match=r"scikit-image==0\.26\.0"):
         embedded.photo_path("gone")
-    monkeypatch.setitem(embedded._FILES, "nopkg",
-                        (("scikit-learn", "not_a_real_module_xyz", "d"), "x"))
-    with pytest.raises(embedded.EmbeddedDataError,
-                       match=r"scikit-learn==1\.9\.1.*not installed"):
+    monkeypatch.setitem(
+        embedded._FILES, "nopkg", (("scikit-learn", "not_a_real_module_xyz", "d"), "x")
+    )
+    with pytest.raises(embedded.EmbeddedDataError, match=r"scikit-learn==1\.9\.1.*not installed"):
         embedded.photo_path("nopkg")
     with pytest.raises(KeyError, match="unknown embedded photo"):
         embedded.photo_path("lena")
@@ -129,18 +133,23 @@ def test_embedded_missing_file_names_the_pinned_package(monkeypatch):
 # ---------------------------------------------------------------- crop
 
 
-@pytest.mark.parametrize("height, width, max_fallback", [
-    (512, 512, 0.02), (427, 640, 0.05), (1411, 1411, 0.02),
-    # Too wide to hold half its area at aspect <= 4/3: mostly centre crops.
-    (172, 448, 1.0)])
+@pytest.mark.parametrize(
+    "height, width, max_fallback",
+    [
+        (512, 512, 0.02),
+        (427, 640, 0.05),
+        (1411, 1411, 0.02),
+        # Too wide to hold half its area at aspect <= 4/3: mostly centre crops.
+        (172, 448, 1.0),
+    ],
+)
 def test_crop_box_area_and_aspect_in_range(height, width, max_fallback):
     rng = np.random.default_rng(0)
     scale, ratio = (0.5, 1.0), (3 / 4, 4 / 3)
     fallback = images.center_crop_box(height, width, ratio)
     fractions, log_aspects, n_fallback = [], [], 0
     for _ in range(2000):
-        top, left, h, w = images.sample_crop_box(rng, height, width, scale,
-                                                 ratio)
+        top, left, h, w = images.sample_crop_box(rng, height, width, scale, ratio)
         assert 0 <= top and top + h <= height and 0 <= left
         assert left + w <= width and h > 0 and w > 0
         if (top, left, h, w) == fallback:
@@ -165,8 +174,9 @@ def test_crop_box_area_and_aspect_in_range(height, width, max_fallback):
 def test_crop_position_is_uniform_over_inclusive_range():
     rng = np.random.default_rng(1)
     # 10x10 image, fixed 5x5 box: top/left take each of 0..5 equally often.
-    boxes = np.array([images.sample_crop_box(rng, 10, 10, (0.25, 0.25),
-                                             (1.0, 1.0)) for _ in range(1200)])
+    boxes = np.array(
+        [images.sample_crop_box(rng, 10, 10, (0.25, 0.25), (1.0, 1.0)) for _ in range(1200)]
+    )
     assert (boxes[:, 2:] == 5).all()
     for col in (0, 1):
         counts = np.bincount(boxes[:, col], minlength=6)
@@ -176,8 +186,7 @@ def test_crop_position_is_uniform_over_inclusive_range():
 def test_crop_fallback_is_centre_crop_with_clamped_aspect():
     rng = np.random.default_rng(0)
     # A wide strip cannot hold any square box with >= 90% of its area.
-    box = images.sample_crop_box(rng, 100, 1000, scale=(0.9, 1.0),
-                                 ratio=(1.0, 1.0))
+    box = images.sample_crop_box(rng, 100, 1000, scale=(0.9, 1.0), ratio=(1.0, 1.0))
     assert box == (0, 450, 100, 100)
     assert images.center_crop_box(1000, 100, (0.5, 2.0)) == (400, 0, 200, 100)
     assert images.center_crop_box(300, 400, (0.75, 4 / 3)) == (0, 0, 300, 400)
@@ -190,27 +199,26 @@ def test_random_resized_crop_output():
     assert out.shape == (48, 48, 3) and out.dtype == np.uint8
     # Full-image crop equals a plain bicubic resize.
     from PIL import Image
-    full = images.random_resized_crop(photo, rng, 48, scale=(1.0, 1.0),
-                                      ratio=(1.0, 1.0))
-    ref = np.asarray(Image.fromarray(photo).resize((48, 48),
-                                                   Image.Resampling.BICUBIC))
+
+    full = images.random_resized_crop(photo, rng, 48, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    ref = np.asarray(Image.fromarray(photo).resize((48, 48), Image.Resampling.BICUBIC))
     np.testing.assert_array_equal(full, ref)
 
 
 def test_hflip_happens_about_half_the_time():
-    ramp = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4,
-                   (64, 1, 3))
-    kw = dict(image_size=64, mask_generator=_gen(), scale=(1.0, 1.0),
-              ratio=(1.0, 1.0))
+    ramp = np.tile(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 1, 3))
+    kw = dict(image_size=64, mask_generator=_gen(), scale=(1.0, 1.0), ratio=(1.0, 1.0))
     flipped = 0
     for i in range(200):
         out = images.PretrainTransform([ramp], hflip=True, **kw).random_map(
-            0, np.random.default_rng(i))
+            0, np.random.default_rng(i)
+        )
         flipped += int(out["image"][0, 0, 0] > out["image"][0, -1, 0])
         assert out["mask"].shape == (4, 4) and out["mask"].dtype == bool
     assert 70 < flipped < 130
     out = images.PretrainTransform([ramp], hflip=False, **kw).random_map(
-        0, np.random.default_rng(0))
+        0, np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(out["image"], ramp)
 
 
@@ -239,8 +247,7 @@ def test_mask_fraction_in_batches(photos):
     # Masks are per element, not one mask copied over the batch.
     assert len({m.tobytes() for m in masks}) > len(masks) // 4
     full = masking.BlockMaskGenerator()
-    batches = _take(_dataset(photos, image_size=224, mask_generator=full,
-                             per_host_batch=4), 2)
+    batches = _take(_dataset(photos, image_size=224, mask_generator=full, per_host_batch=4), 2)
     counts = np.concatenate([b["mask"] for b in batches]).sum(axis=(1, 2))
     assert ((counts >= 60) & (counts <= 78)).all()
 
@@ -268,13 +275,12 @@ def test_each_epoch_visits_every_photo_once_in_a_new_order():
     photos = _constant_photos(n)
     batches = _take(_dataset(photos, per_host_batch=1), 3 * n)
     stream = [i for b in batches for i in _indices(b)]
-    epochs = [stream[k * n:(k + 1) * n] for k in range(3)]
+    epochs = [stream[k * n : (k + 1) * n] for k in range(3)]
     for e in epochs:
         assert sorted(e) == list(range(n))
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
     # The pipeline's order is exactly the documented index stream.
-    assert stream == list(itertools.islice(
-        images.index_stream(n, seed=0), 3 * n))
+    assert stream == list(itertools.islice(images.index_stream(n, seed=0), 3 * n))
 
 
 def test_sharding_gives_disjoint_streams_covering_each_epoch():
@@ -282,21 +288,21 @@ def test_sharding_gives_disjoint_streams_covering_each_epoch():
     photos = _constant_photos(n)
     per_shard = []
     for shard in range(count):
-        ds = _dataset(photos, per_host_batch=1, shard_index=shard,
-                      shard_count=count)
+        ds = _dataset(photos, per_host_batch=1, shard_index=shard, shard_count=count)
         stream = [i for b in _take(ds, 2 * n) for i in _indices(b)]
-        assert stream == list(itertools.islice(
-            images.index_stream(n, seed=0, shard_index=shard,
-                                shard_count=count), 2 * n))
+        assert stream == list(
+            itertools.islice(
+                images.index_stream(n, seed=0, shard_index=shard, shard_count=count), 2 * n
+            )
+        )
         per_shard.append(stream)
     assert per_shard[0] != per_shard[1]
     # Interleaving the host streams rebuilds the global stream: the hosts
     # take disjoint global positions, and together cover every epoch.
     merged = [x for pair in zip(*per_shard) for x in pair]
-    assert merged == list(itertools.islice(images.index_stream(n, seed=0),
-                                           2 * n * count))
+    assert merged == list(itertools.islice(images.index_stream(n, seed=0), 2 * n * count))
     for k in range(2):
-        assert sorted(merged[k * n:(k + 1) * n]) == list(range(n))
+        assert sorted(merged[k * n : (k + 1) * n]) == list(range(n))
 
 
 def test_shards_use_different_augmentations(photos):
@@ -340,42 +346,42 @@ def test_iterator_from_config_embedded():
     config.input.dataset = "embedded"
     config.input.split = "validation"
     assert config.mask.grid is None  # filled with the token grid
-    it = images.iterator_from_config(config, image_size=SIZE,
-                                     mask_grid=(4, 4), per_host_batch=2)
+    it = images.iterator_from_config(config, image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
     first = [next(it) for _ in range(2)]
     for b in first:
         assert b["image"].shape == (2, SIZE, SIZE, 3)
         assert b["image"].dtype == np.uint8
         assert b["mask"].shape == (2, 4, 4) and b["mask"].dtype == bool
         assert (b["mask"].sum(axis=(1, 2)) <= 6).all()
-    again = images.iterator_from_config(config, image_size=SIZE,
-                                        mask_grid=(4, 4), per_host_batch=2)
+    again = images.iterator_from_config(config, image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
     _assert_batches_equal([next(again) for _ in range(2)], first)
     # Coarser mask units than tokens are allowed (one unit = 32 px here).
-    b = next(images.iterator_from_config(config, image_size=SIZE,
-                                         mask_grid=(2, 2), per_host_batch=2))
+    b = next(
+        images.iterator_from_config(config, image_size=SIZE, mask_grid=(2, 2), per_host_batch=2)
+    )
     assert b["mask"].shape == (2, 2, 2)
     with pytest.raises(ValueError, match="must be square and divide"):
-        images.iterator_from_config(config, image_size=SIZE,
-                                    mask_grid=(3, 3), per_host_batch=2)
+        images.iterator_from_config(config, image_size=SIZE, mask_grid=(3, 3), per_host_batch=2)
 
 
 def test_records_with_image_key_are_accepted(photos):
     records = [{"image": p, "label": i} for i, p in enumerate(photos)]
-    _assert_batches_equal(_take(_dataset(records), 2),
-                          _take(_dataset(photos), 2))
+    _assert_batches_equal(_take(_dataset(records), 2), _take(_dataset(photos), 2))
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(image_size=60), "multiple of patch_size"),
-    (dict(image_size=128), r"mask grid \(4, 4\) does not match.*\(8, 8\)"),
-    (dict(mask_generator=masking.CubeMaskGenerator()), "does not match"),
-    (dict(per_host_batch=0), "per_host_batch"),
-    (dict(shard_index=2, shard_count=2), "shard_index < shard_count"),
-    (dict(scale=(0.0, 1.0)), "crop scale"),
-    (dict(ratio=(2.0, 1.0)), "crop ratio"),
-    (dict(num_epochs=0), "num_epochs"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(image_size=60), "multiple of patch_size"),
+        (dict(image_size=128), r"mask grid \(4, 4\) does not match.*\(8, 8\)"),
+        (dict(mask_generator=masking.CubeMaskGenerator()), "does not match"),
+        (dict(per_host_batch=0), "per_host_batch"),
+        (dict(shard_index=2, shard_count=2), "shard_index < shard_count"),
+        (dict(scale=(0.0, 1.0)), "crop scale"),
+        (dict(ratio=(2.0, 1.0)), "crop ratio"),
+        (dict(num_epochs=0), "num_epochs"),
+    ],
+)
 def test_invalid_arguments_raise(photos, kw, match):
     with pytest.raises(ValueError, match=match):
         _dataset(photos, **kw)

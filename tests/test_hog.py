@@ -39,7 +39,7 @@ def ref_gradients(x):
     gy = np.zeros(x.shape, dtype)
     for a in range(3):
         for b in range(3):
-            window = xp[:, a:a + h, b:b + w]
+            window = xp[:, a : a + h, b : b + w]
             gx += KX[a, b].astype(dtype) * window
             gy += KY[a, b].astype(dtype) * window
     return gx, gy
@@ -60,25 +60,27 @@ def ref_window(window):
 def ref_votes(bins, mag, nbins=9, cell=8):
     """Magnitude-weighted hard votes summed over cells: [B, h, w, C, nbins]."""
     b, h, w, c = bins.shape
-    ib, iy, ix, ic = np.meshgrid(np.arange(b), np.arange(h) // cell,
-                                 np.arange(w) // cell, np.arange(c), indexing="ij")
+    ib, iy, ix, ic = np.meshgrid(
+        np.arange(b), np.arange(h) // cell, np.arange(w) // cell, np.arange(c), indexing="ij"
+    )
     hc, wc = h // cell, w // cell
     slot = (((ib * hc + iy) * wc + ix) * c + ic) * nbins + bins
-    return np.bincount(slot.ravel(), weights=np.asarray(mag, np.float64).ravel(),
-                       minlength=b * hc * wc * c * nbins).reshape(b, hc, wc, c, nbins)
+    return np.bincount(
+        slot.ravel(), weights=np.asarray(mag, np.float64).ravel(), minlength=b * hc * wc * c * nbins
+    ).reshape(b, hc, wc, c, nbins)
 
 
 def ref_cells(bins, mag, nbins=9, cell=8):
     """Cell votes, then per (cell, channel) L2 normalisation with eps 1e-12."""
     hist = ref_votes(bins, mag, nbins, cell)
-    norm = np.sqrt((hist ** 2).sum(-1, keepdims=True))
+    norm = np.sqrt((hist**2).sum(-1, keepdims=True))
     return hist / np.maximum(norm, 1e-12)
 
 
 def ref_hog(x, nbins=9, cell=8, window=0):
     gx, gy = ref_gradients(x)
     gx, gy = gx.astype(np.float64), gy.astype(np.float64)
-    mag = np.sqrt(gx ** 2 + gy ** 2)
+    mag = np.sqrt(gx**2 + gy**2)
     if window:
         h, w = mag.shape[1:3]
         mag = mag * np.tile(ref_window(window), (h // window, w // window))[None, :, :, None]
@@ -103,6 +105,7 @@ def assert_equal_up_to_ties(ours, other, max_tie_fraction, nbins=9):
     histograms rebuilt from our magnitudes with the other side's bins, ours at
     ties, must equal ours to 1e-6.
     """
+
     def edge(g):
         return near_edge(g["gx"], g["gy"], nbins) & (g["gx"] != 0)
 
@@ -128,7 +131,7 @@ def ours_per_pixel(x):
 
 def _crop(img, h, w):
     y, x = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-    return img[y:y + h, x:x + w]
+    return img[y : y + h, x : x + w]
 
 
 @pytest.fixture(scope="module")
@@ -137,8 +140,12 @@ def photos_u8():
     import skimage.data
     from sklearn.datasets import load_sample_image
 
-    imgs = [skimage.data.astronaut(), skimage.data.chelsea(), skimage.data.coffee(),
-            load_sample_image("china.jpg")]
+    imgs = [
+        skimage.data.astronaut(),
+        skimage.data.chelsea(),
+        skimage.data.coffee(),
+        load_sample_image("china.jpg"),
+    ]
     return np.stack([_crop(im, 256, 256) for im in imgs])
 
 
@@ -159,18 +166,20 @@ _jit_gradients = jax.jit(hog_lib._gradients)
 def test_slowfast_test_vector():
     i = np.arange(3 * 32 * 32)
     x = (np.sin(0.37 * i) + 0.1 * np.cos(0.11 * i)).reshape(1, 3, 32, 32).astype(np.float32)
-    out = np.asarray(hog(jnp.asarray(x.transpose(0, 2, 3, 1))))   # [1, 4, 4, 3, 9]
+    out = np.asarray(hog(jnp.asarray(x.transpose(0, 2, 3, 1))))  # [1, 4, 4, 3, 9]
     assert out.shape == (1, 4, 4, 3, 9) and out.dtype == np.float32
-    nchw = out.transpose(0, 3, 4, 1, 2)                             # (1, 3, 9, 4, 4)
+    nchw = out.transpose(0, 3, 4, 1, 2)  # (1, 3, 9, 4, 4)
     np.testing.assert_allclose(nchw.sum(), 52.80722, atol=1e-4)
-    np.testing.assert_allclose((nchw ** 2).sum(), 48.0, atol=1e-4)
+    np.testing.assert_allclose((nchw**2).sum(), 48.0, atol=1e-4)
     np.testing.assert_allclose(
-        nchw[0, 0, :, 0, 0], [0.117636, 0, 0, 0, 0.060400, 0, 0, 0.991169, 0.009917], atol=1e-6)
+        nchw[0, 0, :, 0, 0], [0.117636, 0, 0, 0, 0.060400, 0, 0, 0.991169, 0.009917], atol=1e-6
+    )
     # The spec lists 0.065349 for bin 4; the float64 reference, the PyTorch
     # re-creation and this module all give 0.0653510 (the other entries match to
     # 1e-6), so the listed value looks like a transcription slip of 2e-6.
     np.testing.assert_allclose(
-        nchw[0, 2, :, 3, 1], [0, 0.000751, 0, 0, 0.065351, 0, 0, 0.997855, 0.003813], atol=1e-6)
+        nchw[0, 2, :, 3, 1], [0, 0.000751, 0, 0, 0.065351, 0, 0, 0.997855, 0.003813], atol=1e-6
+    )
     assert abs(nchw[0, 2, 4, 3, 1] - 0.065349) < 2.5e-6
     np.testing.assert_allclose(out, ref_hog(x.transpose(0, 2, 3, 1)), atol=1e-6)
 
@@ -192,11 +201,11 @@ def test_matches_float64_reference_on_raw_photos(photos_u8):
 def test_matches_float64_reference_non_square_and_window():
     import skimage.data
 
-    coffee = _crop(skimage.data.coffee(), 400, 592)[None]      # multiples of 16
+    coffee = _crop(skimage.data.coffee(), 400, 592)[None]  # multiples of 16
     plain, windowed = ref_hog(coffee), ref_hog(coffee, window=16)
     np.testing.assert_allclose(hog(jnp.asarray(coffee)), plain, atol=1e-6)
     np.testing.assert_allclose(hog(jnp.asarray(coffee), gaussian_window=16), windowed, atol=1e-6)
-    assert np.abs(windowed - plain).max() > 0.05               # the window matters
+    assert np.abs(windowed - plain).max() > 0.05  # the window matters
 
 
 def test_matches_float64_reference_on_normalised_photos(photos_norm):
@@ -241,11 +250,11 @@ def test_bfloat16_input_is_computed_in_float32(photos_norm):
 
 
 def test_exact_zeros_on_8bit_image(photos_u8):
-    gx_int, gy_int = ref_gradients(photos_u8)                 # int64, exact
+    gx_int, gy_int = ref_gradients(photos_u8)  # int64, exact
     gx, gy = (np.asarray(a) for a in _jit_gradients(jnp.asarray(photos_u8)))
     np.testing.assert_array_equal(gx, gx_int.astype(np.float32))
     np.testing.assert_array_equal(gy, gy_int.astype(np.float32))
-    assert (gx_int == 0).mean() > 0.02                        # the test has teeth
+    assert (gx_int == 0).mean() > 0.02  # the test has teeth
     # Reflect padding mirrors the neighbour: first/last column gx, row gy are 0.
     assert np.all(gx[:, :, [0, -1]] == 0) and np.all(gy[:, [0, -1]] == 0)
     # Per-pixel bins equal the bins of the integer gradients (incl. borders).
@@ -260,8 +269,12 @@ def test_exact_zeros_survive_normalisation(photos_u8, photos_norm):
     x = photos_u8.astype(np.int64)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     h, w = x.shape[1:3]
-    flat_x = np.all([xp[:, a:a + h, 0:w] == xp[:, a:a + h, 2:w + 2] for a in range(3)], axis=0)
-    flat_y = np.all([xp[:, 0:h, b:b + w] == xp[:, 2:h + 2, b:b + w] for b in range(3)], axis=0)
+    flat_x = np.all(
+        [xp[:, a : a + h, 0:w] == xp[:, a : a + h, 2 : w + 2] for a in range(3)], axis=0
+    )
+    flat_y = np.all(
+        [xp[:, 0:h, b : b + w] == xp[:, 2 : h + 2, b : b + w] for b in range(3)], axis=0
+    )
     assert flat_x[:, :, [0, -1]].all() and flat_y[:, [0, -1]].all()
     gx, gy = (np.asarray(a) for a in _jit_gradients(jnp.asarray(photos_norm)))
     assert np.all(gx[flat_x] == 0.0) and np.all(gy[flat_y] == 0.0)
@@ -331,15 +344,16 @@ def test_sign_bins_near_edges_and_extremes(nbins):
     # Ordinary magnitudes in random directions are nearly all decided.
     ordinary = np.zeros((phi.size, radii.size), bool)
     ordinary[-100_000:, (radii >= 1e-10) & (radii <= 1e10)] = True
-    assert decided[:ordinary.size][ordinary.ravel()].mean() > 0.999
+    assert decided[: ordinary.size][ordinary.ravel()].mean() > 0.999
 
 
 def test_gradients_are_never_denormal():
     """Tiny and denormal pixel values: gradients flush to 0, both methods agree."""
     rng = np.random.default_rng(7)
     levels = np.array([0.0, 1e-45, 1e-40, 1.2e-38, 1.3e-38, 2.5e-38, 1e-37, 1e-30], np.float32)
-    x = jnp.asarray(rng.choice(levels, size=(1, 16, 16, 3)) * rng.choice([-1, 1], (1, 16, 16, 3)),
-                    jnp.float32)
+    x = jnp.asarray(
+        rng.choice(levels, size=(1, 16, 16, 3)) * rng.choice([-1, 1], (1, 16, 16, 3)), jnp.float32
+    )
     gx, gy = (np.asarray(a) for a in _jit_gradients(x))
     for g in (gx, gy):
         assert np.all((g == 0) | (np.abs(g) >= np.finfo(np.float32).tiny))
@@ -357,7 +371,7 @@ def _assert_same_bins_both_methods(x, nbins=9):
 def test_sign_method_equals_atan2_method_on_photos_and_noise(photos_norm):
     x = jnp.asarray(photos_norm)
     gx, gy = _jit_gradients(x)
-    assert (_codes(gx, gy) < 0).sum() > 1000      # the atan2 fallback is exercised
+    assert (_codes(gx, gy) < 0).sum() > 1000  # the atan2 fallback is exercised
     _assert_same_bins_both_methods(x)
     noise = np.random.default_rng(1).standard_normal(photos_norm.shape).astype(np.float32)
     _assert_same_bins_both_methods(jnp.asarray(noise))
@@ -368,9 +382,9 @@ def test_atan2_fallback_handles_more_than_its_capacity():
     h, w, n = 8, 16, 32
     rows = np.arange(h + 2, dtype=np.float32)[:, None, None]
     cols = np.arange(w + 2, dtype=np.float32)[None, :, None]
-    planes = np.arange(n, dtype=np.float32)[None, None, :] * np.float32(2.0 ** -10)
+    planes = np.arange(n, dtype=np.float32)[None, None, :] * np.float32(2.0**-10)
     # Multiples of 2**-20 below 16: exact in float32. gx = 8 * 2**-20, gy = -8.
-    padded = rows + planes - cols * np.float32(2.0 ** -20)
+    padded = rows + planes - cols * np.float32(2.0**-20)
     padded = jnp.asarray(padded)
     gx, gy = hog_lib._sobel(padded)
     codes = np.asarray(hog_lib._sign_test_bins(gx, gy, hog_lib._magnitude(gx, gy), 9))
@@ -389,8 +403,10 @@ def _torch_side(x_nhwc, **kw):
     from benchmarks.torch_reference import TorchHOG
 
     module = TorchHOG(channels=x_nhwc.shape[-1], **kw)
-    xt = torch.from_numpy(np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2)))
-    out = module(xt).numpy().transpose(0, 3, 4, 1, 2)           # -> [B, h, w, C, nbins]
+    xt = torch.from_numpy(
+        np.ascontiguousarray(np.asarray(x_nhwc, np.float32).transpose(0, 3, 1, 2))
+    )
+    out = module(xt).numpy().transpose(0, 3, 4, 1, 2)  # -> [B, h, w, C, nbins]
     gx, gy = (g.numpy().transpose(0, 2, 3, 1) for g in module.gradients(xt))
     return out, gx, gy
 
@@ -402,11 +418,16 @@ def test_matches_torch_on_raw_photos(photos_u8):
     x = photos_u8.astype(np.float32)
     for window in (0, 16):
         expected, _, _ = _torch_side(x, gaussian_window=window)
-        np.testing.assert_allclose(hog(jnp.asarray(x), gaussian_window=window), expected,
-                                   atol=1e-6, err_msg=f"window={window}")
+        np.testing.assert_allclose(
+            hog(jnp.asarray(x), gaussian_window=window),
+            expected,
+            atol=1e-6,
+            err_msg=f"window={window}",
+        )
     xt = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    np.testing.assert_allclose(hog_targets(jnp.asarray(x)), torch_hog_targets(xt).numpy(),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        hog_targets(jnp.asarray(x)), torch_hog_targets(xt).numpy(), atol=1e-6
+    )
 
 
 def test_matches_torch_on_normalised_photos(photos_norm):
@@ -430,12 +451,12 @@ def test_invariant_to_exact_affine_normalisation(photos_u8):
     x = photos_u8.astype(np.float32)
     expected = np.asarray(hog(jnp.asarray(x)))
     np.testing.assert_allclose(hog(jnp.asarray((x - 128) / 64)), expected, atol=1e-6)
-    np.testing.assert_allclose(hog(jnp.asarray(x * np.float32(2.0 ** -30))), expected, atol=1e-6)
+    np.testing.assert_allclose(hog(jnp.asarray(x * np.float32(2.0**-30))), expected, atol=1e-6)
 
 
 def test_l2_epsilon_regime(photos_u8):
     """At x * 2**-50 ~40 % of cell norms fall below 1e-12: v / max(|v|, 1e-12) applies."""
-    x = photos_u8.astype(np.float32) * np.float32(2.0 ** -50)
+    x = photos_u8.astype(np.float32) * np.float32(2.0**-50)
     gx, gy = ref_gradients(x)
     norms = np.linalg.norm(ref_votes(ref_bins(gx, gy), np.hypot(gx, gy)), axis=-1)
     assert np.mean((norms > 0) & (norms < 1e-12)) > 0.3 and np.any(norms > 1e-12)
@@ -474,8 +495,9 @@ def test_imagenet_normalisation_on_8bit_photos_only_moves_ties(photos_u8, photos
     both = ties & (gy_int == 0)
     assert np.all(nrm_mag[both] < 1e-5)
     tie_cells = ties.reshape(4, 32, 8, 32, 8, 3).any((2, 4))
-    diff = np.abs(np.asarray(hog(jnp.asarray(photos_u8))) -
-                  np.asarray(hog(jnp.asarray(photos_norm)))).max(-1)
+    diff = np.abs(
+        np.asarray(hog(jnp.asarray(photos_u8))) - np.asarray(hog(jnp.asarray(photos_norm)))
+    ).max(-1)
     assert diff[~tie_cells].max() <= 1e-5
     assert np.mean(diff[~tie_cells] <= 1e-6) > 0.99
 
@@ -495,13 +517,14 @@ def test_oriented_ramps_land_in_documented_bins():
     table = [(0, 4), (45, 2), (90, 0), (120, 7), (135, 6)]
     sweep = [(t, int(np.floor(((90 - t) % 180) / 20))) for t in range(5, 360, 10)]
     cases = table + sweep
-    x = np.stack([_ramp(t) for t, _ in cases])[..., None]      # [n, 64, 64, 1]
-    out = np.asarray(hog(jnp.asarray(x)))[:, 1:-1, 1:-1, 0]     # interior cells
+    x = np.stack([_ramp(t) for t, _ in cases])[..., None]  # [n, 64, 64, 1]
+    out = np.asarray(hog(jnp.asarray(x)))[:, 1:-1, 1:-1, 0]  # interior cells
     for (theta, b), cells in zip(cases, out):
         expected = np.zeros(9)
         expected[b] = 1.0
-        np.testing.assert_allclose(cells, np.broadcast_to(expected, cells.shape), atol=1e-6,
-                                   err_msg=f"theta={theta}")
+        np.testing.assert_allclose(
+            cells, np.broadcast_to(expected, cells.shape), atol=1e-6, err_msg=f"theta={theta}"
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -510,24 +533,28 @@ def test_oriented_ramps_land_in_documented_bins():
 
 def test_hog_targets_layout():
     x = jnp.asarray(np.random.default_rng(3).standard_normal((4, 256, 256, 3)), jnp.float32)
-    cells = np.asarray(hog(x))                                  # [4, 32, 32, 3, 9]
+    cells = np.asarray(hog(x))  # [4, 32, 32, 3, 9]
     tokens = np.asarray(hog_targets(x))
     assert tokens.shape == (4, 16 * 16, 108)
-    b, hh, ww, c, bn, dy, dx = np.meshgrid(*(np.arange(n) for n in (4, 16, 16, 3, 9, 2, 2)),
-                                           indexing="ij")
-    np.testing.assert_array_equal(tokens[b, hh * 16 + ww, c * 36 + bn * 4 + dy * 2 + dx],
-                                  cells[b, 2 * hh + dy, 2 * ww + dx, c, bn])
+    b, hh, ww, c, bn, dy, dx = np.meshgrid(
+        *(np.arange(n) for n in (4, 16, 16, 3, 9, 2, 2)), indexing="ij"
+    )
+    np.testing.assert_array_equal(
+        tokens[b, hh * 16 + ww, c * 36 + bn * 4 + dy * 2 + dx],
+        cells[b, 2 * hh + dy, 2 * ww + dx, c, bn],
+    )
 
 
 def test_hog_targets_layout_general_sizes():
     x = jnp.asarray(np.random.default_rng(4).standard_normal((1, 64, 32, 2)), jnp.float32)
-    cells = np.asarray(hog(x, nbins=6, cell_size=8))            # [1, 8, 4, 2, 6]
+    cells = np.asarray(hog(x, nbins=6, cell_size=8))  # [1, 8, 4, 2, 6]
     tokens = np.asarray(hog_targets(x, patch_size=32, nbins=6, cell_size=8))
     k = 4
     assert tokens.shape == (1, 2 * 1, 2 * 6 * k * k)
     hh, c, bn, dy, dx = np.meshgrid(*(np.arange(n) for n in (2, 2, 6, k, k)), indexing="ij")
-    np.testing.assert_array_equal(tokens[0, hh, c * 6 * k * k + bn * k * k + dy * k + dx],
-                                  cells[0, k * hh + dy, dx, c, bn])
+    np.testing.assert_array_equal(
+        tokens[0, hh, c * 6 * k * k + bn * k * k + dy * k + dx], cells[0, k * hh + dy, dx, c, bn]
+    )
 
 
 def test_hog_targets_video_uses_even_frames_in_thw_order():
@@ -535,10 +562,10 @@ def test_hog_targets_video_uses_even_frames_in_thw_order():
     clips = rng.standard_normal((2, 4, 256, 256, 3)).astype(np.float32)
     out = np.asarray(hog_targets_video(jnp.asarray(clips)))
     assert out.shape == (2, 2 * 256, 108)
-    frames = clips[:, [0, 2]].reshape(4, 256, 256, 3)           # (clip, t) order
+    frames = clips[:, [0, 2]].reshape(4, 256, 256, 3)  # (clip, t) order
     per_frame = np.asarray(hog_targets(jnp.asarray(frames))).reshape(2, 2, 256, 108)
     np.testing.assert_allclose(out, per_frame.reshape(2, 2 * 256, 108), atol=1e-7)
-    clips[:, 1::2] = rng.standard_normal(clips[:, 1::2].shape)   # odd frames are ignored
+    clips[:, 1::2] = rng.standard_normal(clips[:, 1::2].shape)  # odd frames are ignored
     np.testing.assert_array_equal(np.asarray(hog_targets_video(jnp.asarray(clips))), out)
 
 
@@ -546,18 +573,31 @@ def test_hog_targets_video_uses_even_frames_in_thw_order():
 # Errors
 
 
-@pytest.mark.parametrize("call, shape, match", [
-    (hog, (1, 30, 32, 3), "height 30 is not a multiple of cell_size 8; crop or resize to 24 or 32"),
-    (hog, (1, 32, 36, 3), "width 36 is not a multiple of cell_size 8"),
-    (hog, (32, 32, 3), "rank 4"),
-    (hog_targets, (1, 24, 32, 3), "height 24 is not a multiple of patch_size 16"),
-    (functools.partial(hog, gaussian_window=16), (1, 24, 32, 3),
-     "height 24 is not a multiple of gaussian_window 16"),
-    (functools.partial(hog_targets, patch_size=12), (1, 48, 48, 3),
-     "patch_size 12 must be a multiple of cell_size 8"),
-    (hog_targets_video, (1, 5, 32, 32, 3), "T=5 is not a multiple of temporal_stride=2"),
-    (hog_targets_video, (1, 32, 32, 3), "rank 5"),
-])
+@pytest.mark.parametrize(
+    "call, shape, match",
+    [
+        (
+            hog,
+            (1, 30, 32, 3),
+            "height 30 is not a multiple of cell_size 8; crop or resize to 24 or 32",
+        ),
+        (hog, (1, 32, 36, 3), "width 36 is not a multiple of cell_size 8"),
+        (hog, (32, 32, 3), "rank 4"),
+        (hog_targets, (1, 24, 32, 3), "height 24 is not a multiple of patch_size 16"),
+        (
+            functools.partial(hog, gaussian_window=16),
+            (1, 24, 32, 3),
+            "height 24 is not a multiple of gaussian_window 16",
+        ),
+        (
+            functools.partial(hog_targets, patch_size=12),
+            (1, 48, 48, 3),
+            "patch_size 12 must be a multiple of cell_size 8",
+        ),
+        (hog_targets_video, (1, 5, 32, 32, 3), "T=5 is not a multiple of temporal_stride=2"),
+        (hog_targets_video, (1, 32, 32, 3), "rank 5"),
+    ],
+)
 def test_errors_name_the_problem_and_fix(call, shape, match):
     with pytest.raises(ValueError, match=match):
         call(jnp.zeros(shape))

@@ -87,9 +87,9 @@ def test_blocks_are_rectangles_with_valid_sizes():
             assert lo_area <= max(gen.min_patches, cap)
             lo_ar, hi_ar = _aspect_bounds(h, w)
             assert lo_ar <= gen.max_aspect and hi_ar >= gen.min_aspect
-            new = (~replay[top:top + h, left:left + w]).sum()
+            new = (~replay[top : top + h, left : left + w]).sum()
             assert 0 < new <= cap  # overshooting blocks are never applied
-            replay[top:top + h, left:left + w] = True
+            replay[top : top + h, left : left + w] = True
             count += new
         np.testing.assert_array_equal(replay, mask)
         assert count == mask.sum() <= 78
@@ -97,8 +97,7 @@ def test_blocks_are_rectangles_with_valid_sizes():
 
 def test_single_block_draws_are_uniformly_placed_rectangles():
     # Square blocks of area == num: each draw is exactly one 4x4 block.
-    gen = masking.BlockMaskGenerator(grid=(10, 10), ratio=0.16,
-                                     min_patches=16, min_aspect=1.0)
+    gen = masking.BlockMaskGenerator(grid=(10, 10), ratio=0.16, min_patches=16, min_aspect=1.0)
     rng = np.random.default_rng(0)
     tops = np.zeros(7, int)
     lefts = np.zeros(7, int)
@@ -130,8 +129,7 @@ def test_cubes_are_boxes_with_valid_sizes():
             lo_area, hi_area = _area_bounds(h, w)
             # Spatial area ~ U(9, 49), independent of what remains.
             assert hi_area >= 9 and lo_area <= 49
-            sl = (slice(front, front + t), slice(top, top + h),
-                  slice(left, left + w))
+            sl = (slice(front, front + t), slice(top, top + h), slice(left, left + w))
             new = (~replay[sl]).sum()
             assert 0 < new <= 157 - count
             replay[sl] = True
@@ -163,9 +161,17 @@ def test_determinism_and_seed_dependence():
 
 
 def test_from_config_configdict():
-    cfg = ml_collections.ConfigDict(dict(
-        kind="block", grid=(14, 14), ratio=0.4, min_aspect=0.3,
-        min_patches=None, max_patches=None, exact=False))
+    cfg = ml_collections.ConfigDict(
+        dict(
+            kind="block",
+            grid=(14, 14),
+            ratio=0.4,
+            min_aspect=0.3,
+            min_patches=None,
+            max_patches=None,
+            exact=False,
+        )
+    )
     gen = masking.from_config(cfg)
     assert isinstance(gen, masking.BlockMaskGenerator)
     assert gen == masking.BlockMaskGenerator()
@@ -184,32 +190,33 @@ def test_from_config_configdict():
     assert small.num_masking_patches == 6 and small.min_patches == 1
 
 
-@pytest.mark.parametrize("params, match", [
-    (dict(kind="block", ratio=0.0), r"ratio.*\(0, 1\)"),
-    (dict(kind="block", ratio=1.0), r"ratio.*\(0, 1\)"),
-    (dict(kind="cube", ratio=-0.2), r"ratio.*\(0, 1\)"),
-    (dict(kind="block", ratio=1.5), r"ratio.*\(0, 1\)"),
-    (dict(kind="block", grid=(0, 14)), "positive"),
-    (dict(kind="block", grid=(14,)), "2 entries"),
-    (dict(kind="cube", grid=(7, 7)), "3 entries"),
-    (dict(kind="block", grid=(1, 14)), "at least 2x2"),
-    (dict(kind="block", grid=(4, 4), min_patches=13, max_patches=16),
-     "cannot fit a block"),
-    (dict(kind="block", min_patches=200, max_patches=300),
-     "cannot fit a block"),
-    (dict(kind="cube", min_patches=45), "cannot fit a block"),
-    (dict(kind="block", min_patches=50, max_patches=20), "must not exceed"),
-    (dict(kind="cube", min_patches=30, max_patches=20), "must not exceed"),
-    (dict(kind="block", min_aspect=0.0), r"min_aspect.*\(0, 1\]"),
-    (dict(kind="block", min_aspect=-1.0), r"min_aspect.*\(0, 1\]"),
-    (dict(kind="cube", min_aspect=1.5), r"min_aspect.*\(0, 1\]"),
-    (dict(kind="block", min_aspect=0.5, max_aspect=0.4), "max_aspect"),
-    (dict(kind="block", grid=(3, 3), ratio=0.01), "masks no cell"),
-    (dict(kind="tube"), "unknown mask kind 'tube'"),
-    (dict(kind="block", ratoi=0.4), r"unknown option.*ratoi"),
-    (dict(kind="block", max_attempts=0), "max_attempts"),
-    (dict(grid=(14, 14)), "needs a 'kind'"),
-])
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        (dict(kind="block", ratio=0.0), r"ratio.*\(0, 1\)"),
+        (dict(kind="block", ratio=1.0), r"ratio.*\(0, 1\)"),
+        (dict(kind="cube", ratio=-0.2), r"ratio.*\(0, 1\)"),
+        (dict(kind="block", ratio=1.5), r"ratio.*\(0, 1\)"),
+        (dict(kind="block", grid=(0, 14)), "positive"),
+        (dict(kind="block", grid=(14,)), "2 entries"),
+        (dict(kind="cube", grid=(7, 7)), "3 entries"),
+        (dict(kind="block", grid=(1, 14)), "at least 2x2"),
+        (dict(kind="block", grid=(4, 4), min_patches=13, max_patches=16), "cannot fit a block"),
+        (dict(kind="block", min_patches=200, max_patches=300), "cannot fit a block"),
+        (dict(kind="cube", min_patches=45), "cannot fit a block"),
+        (dict(kind="block", min_patches=50, max_patches=20), "must not exceed"),
+        (dict(kind="cube", min_patches=30, max_patches=20), "must not exceed"),
+        (dict(kind="block", min_aspect=0.0), r"min_aspect.*\(0, 1\]"),
+        (dict(kind="block", min_aspect=-1.0), r"min_aspect.*\(0, 1\]"),
+        (dict(kind="cube", min_aspect=1.5), r"min_aspect.*\(0, 1\]"),
+        (dict(kind="block", min_aspect=0.5, max_aspect=0.4), "max_aspect"),
+        (dict(kind="block", grid=(3, 3), ratio=0.01), "masks no cell"),
+        (dict(kind="tube"), "unknown mask kind 'tube'"),
+        (dict(kind="block", ratoi=0.4), r"unknown option.*ratoi"),
+        (dict(kind="block", max_attempts=0), "max_attempts"),
+        (dict(grid=(14, 14)), "needs a 'kind'"),
+    ],
+)
 def test_invalid_configs_raise_helpful_errors(params, match):
     with pytest.raises(ValueError, match=match):
         masking.from_config(params)
@@ -229,8 +236,7 @@ def test_upsample_numpy():
     assert up56.shape == (2, 8, 56, 56)
     np.testing.assert_array_equal(up56[..., 7::8, 3::8], m)
     assert up56.sum() == m.sum() * 64
-    np.testing.assert_array_equal(masking.upsample_mask_to(m, (8, 56, 56)),
-                                  up56)
+    np.testing.assert_array_equal(masking.upsample_mask_to(m, (8, 56, 56)), up56)
     # Images: one unit = one token.
     img = masking.BlockMaskGenerator()(rng)
     np.testing.assert_array_equal(masking.upsample_mask(img, (1, 1)), img)
@@ -242,12 +248,10 @@ def test_upsample_jax():
     up = masking.upsample_mask(jnp.asarray(m), (1, 2, 2))
     assert not isinstance(up, np.ndarray)  # stays a jax array
     assert up.shape == (2, 8, 14, 14) and up.dtype == jnp.bool_
-    np.testing.assert_array_equal(np.asarray(up),
-                                  masking.upsample_mask(m, (1, 2, 2)))
+    np.testing.assert_array_equal(np.asarray(up), masking.upsample_mask(m, (1, 2, 2)))
     up56 = masking.upsample_mask_to(jnp.asarray(m), (56, 56))
     assert up56.shape == (2, 8, 56, 56)
-    np.testing.assert_array_equal(np.asarray(up56),
-                                  m.repeat(8, axis=2).repeat(8, axis=3))
+    np.testing.assert_array_equal(np.asarray(up56), m.repeat(8, axis=2).repeat(8, axis=3))
 
 
 def test_upsample_rejects_bad_factors():

@@ -12,185 +12,199 @@ from maskfeat_jax import checkpoint, objectives, optim, sharding, train
 
 
 def tiny_config(batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor", 1))):
-  c = common.pretrain_config()
-  c.model.update(variant="B/16", image_size=32, width=64, depth=2, num_heads=4, mlp_dim=128)
-  c.mask.update(ratio=0.5)
-  c.input.batch_size = batch
-  c.total_steps = 10
-  c.optim.update(warmup_steps=2, base_lr=1e-3, clip_grad_norm=1.0)
-  c.mesh = mesh
-  return c
+    c = common.pretrain_config()
+    c.model.update(variant="B/16", image_size=32, width=64, depth=2, num_heads=4, mlp_dim=128)
+    c.mask.update(ratio=0.5)
+    c.input.batch_size = batch
+    c.total_steps = 10
+    c.optim.update(warmup_steps=2, base_lr=1e-3, clip_grad_norm=1.0)
+    c.mesh = mesh
+    return c
 
 
 def random_batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  b, s = config.input.batch_size, config.model.image_size
-  grid = s // 16
-  return {"image": rng.integers(0, 256, size=(b, s, s, 3), dtype=np.uint8),
-          "mask": rng.random((b, grid, grid)) < 0.5}
+    rng = np.random.default_rng(seed)
+    b, s = config.input.batch_size, config.model.image_size
+    grid = s // 16
+    return {
+        "image": rng.integers(0, 256, size=(b, s, s, 3), dtype=np.uint8),
+        "mask": rng.random((b, grid, grid)) < 0.5,
+    }
 
 
 def run_steps(config, mesh, batches, init_state=None):
-  trainer = train.build_trainer(config, mesh)
-  state = trainer.init(jax.random.key(0)) if init_state is None else jax.device_put(
-      init_state, trainer.state_shardings)
-  losses = []
-  for b in batches:
-    state, metrics = trainer.step(state, sharding.to_global(b, trainer.batch_sharding))
-    losses.append(float(metrics["loss"]))
-  return trainer, state, losses
+    trainer = train.build_trainer(config, mesh)
+    state = (
+        trainer.init(jax.random.key(0))
+        if init_state is None
+        else jax.device_put(init_state, trainer.state_shardings)
+    )
+    losses = []
+    for b in batches:
+        state, metrics = trainer.step(state, sharding.to_global(b, trainer.batch_sharding))
+        losses.append(float(metrics["loss"]))
+    return trainer, state, losses
 
 
 def params_of(state):
-  return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(state[0])}
+    return {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(state[0])}
 
 
 def test_sharded_step_equals_single_device_step():
-  config = tiny_config()
-  batches = [random_batch(config, s) for s in range(3)]
-  one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
-  t1, s1, l1 = run_steps(config, one, batches)
-  init = jax.device_get(t1.init(jax.random.key(0)))
-  eight = sharding.make_mesh(config.mesh)
-  assert eight.devices.size == 8
-  t8, s8, l8 = run_steps(config, eight, batches, init_state=init)
-  np.testing.assert_allclose(l8, l1, rtol=2e-5)
-  p1, p8 = params_of(s1), params_of(s8)
-  assert p1.keys() == p8.keys()
-  for k in p1:
-    np.testing.assert_allclose(p8[k], p1[k], atol=2e-5, err_msg=str(k))
+    config = tiny_config()
+    batches = [random_batch(config, s) for s in range(3)]
+    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+    t1, s1, l1 = run_steps(config, one, batches)
+    init = jax.device_get(t1.init(jax.random.key(0)))
+    eight = sharding.make_mesh(config.mesh)
+    assert eight.devices.size == 8
+    t8, s8, l8 = run_steps(config, eight, batches, init_state=init)
+    np.testing.assert_allclose(l8, l1, rtol=2e-5)
+    p1, p8 = params_of(s1), params_of(s8)
+    assert p1.keys() == p8.keys()
+    for k in p1:
+        np.testing.assert_allclose(p8[k], p1[k], atol=2e-5, err_msg=str(k))
 
 
 def test_fsdp_rules_really_shard_parameters_and_optimizer_state():
-  config = tiny_config(mesh=(("data", 1), ("fsdp", 8), ("tensor", 1)))
-  trainer = train.build_trainer(config)
-  state = trainer.init(jax.random.key(0))
-  qkv = state[0]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
-  assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
-  assert qkv.addressable_shards[0].data.shape == (64 // 8, 192)
-  mu = state[1]["opt_state"][1][0]["mu"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
-  assert mu.addressable_shards[0].data.shape == (8, 128)
-  # Nearly everything is split 8 ways; only LayerNorms, small biases and the 108-d head stay whole.
-  assert sharding.sharded_fraction(state) < 0.2
+    config = tiny_config(mesh=(("data", 1), ("fsdp", 8), ("tensor", 1)))
+    trainer = train.build_trainer(config)
+    state = trainer.init(jax.random.key(0))
+    qkv = state[0]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert qkv.addressable_shards[0].data.shape == (64 // 8, 192)
+    mu = state[1]["opt_state"][1][0]["mu"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
+    assert mu.addressable_shards[0].data.shape == (8, 128)
+    # Nearly everything is split 8 ways; only LayerNorms, small biases and the 108-d head stay whole.
+    assert sharding.sharded_fraction(state) < 0.2
 
 
 def test_tensor_axis_splits_mlp_and_heads():
-  config = tiny_config(mesh=(("data", 1), ("fsdp", 4), ("tensor", 2)))
-  trainer = train.build_trainer(config)
-  specs = {"/".join(map(str, k)): v.get_value().spec
-           for k, v in nnx.to_flat_state(trainer.state_shardings[0])}
-  assert specs["blocks/0/mlp/fc1/kernel"] == jax.sharding.PartitionSpec("fsdp", "tensor")
-  assert specs["blocks/0/attn/proj/kernel"] == jax.sharding.PartitionSpec("tensor", "fsdp")
-  assert specs["pred_head/proj/kernel"] == jax.sharding.PartitionSpec("fsdp", None)
-  assert specs["blocks/0/norm1/scale"] == jax.sharding.PartitionSpec(None)
+    config = tiny_config(mesh=(("data", 1), ("fsdp", 4), ("tensor", 2)))
+    trainer = train.build_trainer(config)
+    specs = {
+        "/".join(map(str, k)): v.get_value().spec
+        for k, v in nnx.to_flat_state(trainer.state_shardings[0])
+    }
+    assert specs["blocks/0/mlp/fc1/kernel"] == jax.sharding.PartitionSpec("fsdp", "tensor")
+    assert specs["blocks/0/attn/proj/kernel"] == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert specs["pred_head/proj/kernel"] == jax.sharding.PartitionSpec("fsdp", None)
+    assert specs["blocks/0/norm1/scale"] == jax.sharding.PartitionSpec(None)
 
 
 def test_batch_not_divisible_by_data_axes_is_refused():
-  with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
-    train.build_trainer(tiny_config(batch=12))
+    with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
+        train.build_trainer(tiny_config(batch=12))
 
 
 def test_unknown_logical_axis_and_bad_mesh_are_refused():
-  mesh = sharding.make_mesh((("data", 2), ("fsdp", 4)))
-  rules = {"embed": "fsdp"}
-  with pytest.raises(ValueError, match="No sharding rule for logical axis 'mlp'"):
-    sharding.logical_to_spec(("embed", "mlp"), (64, 128), rules, mesh)
-  with pytest.raises(ValueError, match="needs 16 devices but 8 are available"):
-    sharding.make_mesh((("data", 2), ("fsdp", 8)))
-  # Undividable dimensions fall back to replication rather than failing.
-  assert sharding.logical_to_spec(("embed",), (54,), rules, mesh) == jax.sharding.PartitionSpec(None)
+    mesh = sharding.make_mesh((("data", 2), ("fsdp", 4)))
+    rules = {"embed": "fsdp"}
+    with pytest.raises(ValueError, match="No sharding rule for logical axis 'mlp'"):
+        sharding.logical_to_spec(("embed", "mlp"), (64, 128), rules, mesh)
+    with pytest.raises(ValueError, match="needs 16 devices but 8 are available"):
+        sharding.make_mesh((("data", 2), ("fsdp", 8)))
+    # Undividable dimensions fall back to replication rather than failing.
+    assert sharding.logical_to_spec(("embed",), (54,), rules, mesh) == jax.sharding.PartitionSpec(
+        None
+    )
 
 
 def test_training_lowers_the_loss_on_a_fixed_batch():
-  config = tiny_config()
-  config.total_steps = 30
-  batch = random_batch(config)
-  _, _, losses = run_steps(config, sharding.make_mesh(config.mesh), [batch] * 30)
-  assert losses[-1] < 0.7 * losses[0], losses
+    config = tiny_config()
+    config.total_steps = 30
+    batch = random_batch(config)
+    _, _, losses = run_steps(config, sharding.make_mesh(config.mesh), [batch] * 30)
+    assert losses[-1] < 0.7 * losses[0], losses
 
 
 def test_loss_uses_targets_of_the_normalized_view_and_masked_tokens_only():
-  config = tiny_config()
-  trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
-  state = trainer.init(jax.random.key(0))
-  model, _ = nnx.merge(trainer.graphdef, state)
-  batch = random_batch(config)
-  loss, _ = train.loss_fn(model, batch, config)
-  images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
-  from maskfeat_jax import hog
-  targets = np.asarray(hog.hog_targets(jnp.asarray(batch["image"], jnp.float32)))
-  mask = batch["mask"].reshape(config.input.batch_size, -1)
-  pred = np.asarray(model(images, jnp.asarray(mask)))
-  expected = np.mean((pred[mask] - targets[mask]) ** 2)  # gather, then plain mean
-  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    config = tiny_config()
+    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
+    state = trainer.init(jax.random.key(0))
+    model, _ = nnx.merge(trainer.graphdef, state)
+    batch = random_batch(config)
+    loss, _ = train.loss_fn(model, batch, config)
+    images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
+    from maskfeat_jax import hog
+
+    targets = np.asarray(hog.hog_targets(jnp.asarray(batch["image"], jnp.float32)))
+    mask = batch["mask"].reshape(config.input.batch_size, -1)
+    pred = np.asarray(model(images, jnp.asarray(mask)))
+    expected = np.mean((pred[mask] - targets[mask]) ** 2)  # gather, then plain mean
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
 def test_masked_mse_matches_gathered_mean_and_handles_empty_masks():
-  rng = np.random.default_rng(0)
-  pred, target = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4, 3))
-  mask = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], bool)
-  expected = np.mean((pred[mask] - target[mask]) ** 2)
-  np.testing.assert_allclose(objectives.masked_mse(pred, target, mask), expected, rtol=1e-6)
-  assert float(objectives.masked_mse(pred, target, np.zeros_like(mask))) == 0.0
+    rng = np.random.default_rng(0)
+    pred, target = rng.normal(size=(2, 4, 3)), rng.normal(size=(2, 4, 3))
+    mask = np.array([[1, 0, 1, 0], [0, 0, 0, 1]], bool)
+    expected = np.mean((pred[mask] - target[mask]) ** 2)
+    np.testing.assert_allclose(objectives.masked_mse(pred, target, mask), expected, rtol=1e-6)
+    assert float(objectives.masked_mse(pred, target, np.zeros_like(mask))) == 0.0
 
 
 def test_weight_decay_exempts_biases_and_norms_only():
-  model = nnx.eval_shape(lambda: train.models.build_model(tiny_config().model, nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  mask = optim.decay_mask_fn()(params)
-  flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(mask)}
-  flat = {k: (v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}
-  decayed = {k for k, v in flat.items() if v}
-  assert "cls_token" in decayed and "pos_embed" in decayed and "mask_token" in decayed
-  assert "blocks/0/attn/qkv/kernel" in decayed and "patch_embed/proj/kernel" in decayed
-  for k, v in flat.items():
-    if k.endswith("bias") or k.endswith("scale"):
-      assert not v, k
-  extra = optim.decay_mask_fn(("mask_token",))(params)
-  assert not extra["mask_token"].get_value() if hasattr(extra["mask_token"], "get_value") else not extra["mask_token"]
+    model = nnx.eval_shape(lambda: train.models.build_model(tiny_config().model, nnx.Rngs(0)))
+    params = nnx.state(model, nnx.Param)
+    mask = optim.decay_mask_fn()(params)
+    flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(mask)}
+    flat = {k: (v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}
+    decayed = {k for k, v in flat.items() if v}
+    assert "cls_token" in decayed and "pos_embed" in decayed and "mask_token" in decayed
+    assert "blocks/0/attn/qkv/kernel" in decayed and "patch_embed/proj/kernel" in decayed
+    for k, v in flat.items():
+        if k.endswith("bias") or k.endswith("scale"):
+            assert not v, k
+    extra = optim.decay_mask_fn(("mask_token",))(params)
+    assert (
+        not extra["mask_token"].get_value()
+        if hasattr(extra["mask_token"], "get_value")
+        else not extra["mask_token"]
+    )
 
 
 def test_weight_decay_is_decoupled_and_masked_in_the_update():
-  c = tiny_config().optim
-  c.update(clip_grad_norm=0.0, weight_decay=0.5)
-  tx = optim.make_optimizer(c, lambda step: 0.1)
-  params = {"w": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
-  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
-  np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones((2, 2)))  # lr * wd * p
-  np.testing.assert_allclose(updates["bias"], 0.0)
+    c = tiny_config().optim
+    c.update(clip_grad_norm=0.0, weight_decay=0.5)
+    tx = optim.make_optimizer(c, lambda step: 0.1)
+    params = {"w": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["w"], -0.1 * 0.5 * np.ones((2, 2)))  # lr * wd * p
+    np.testing.assert_allclose(updates["bias"], 0.0)
 
 
 def test_learning_rate_schedule_scales_with_batch_and_follows_warmup_cosine():
-  c = tiny_config().optim
-  c.update(base_lr=2e-4, warmup_start_lr=1e-6, end_lr=1e-6)
-  sched = optim.learning_rate_schedule(c, global_batch=2048, total_steps=100, warmup_steps=10)
-  np.testing.assert_allclose(sched(0), 8e-6, rtol=1e-5)
-  np.testing.assert_allclose(sched(5), 8e-6 + 0.5 * (1.6e-3 - 8e-6), rtol=1e-5)
-  np.testing.assert_allclose(sched(10), 1.6e-3, rtol=1e-5)
-  mid = 8e-6 + (1.6e-3 - 8e-6) * 0.5 * (1 + np.cos(np.pi * 45 / 90))
-  np.testing.assert_allclose(sched(55), mid, rtol=1e-5)
-  np.testing.assert_allclose(sched(100), 8e-6, rtol=1e-5)
-  with pytest.raises(ValueError, match="warmup"):
-    optim.learning_rate_schedule(c, global_batch=256, total_steps=5, warmup_steps=10)
+    c = tiny_config().optim
+    c.update(base_lr=2e-4, warmup_start_lr=1e-6, end_lr=1e-6)
+    sched = optim.learning_rate_schedule(c, global_batch=2048, total_steps=100, warmup_steps=10)
+    np.testing.assert_allclose(sched(0), 8e-6, rtol=1e-5)
+    np.testing.assert_allclose(sched(5), 8e-6 + 0.5 * (1.6e-3 - 8e-6), rtol=1e-5)
+    np.testing.assert_allclose(sched(10), 1.6e-3, rtol=1e-5)
+    mid = 8e-6 + (1.6e-3 - 8e-6) * 0.5 * (1 + np.cos(np.pi * 45 / 90))
+    np.testing.assert_allclose(sched(55), mid, rtol=1e-5)
+    np.testing.assert_allclose(sched(100), 8e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="warmup"):
+        optim.learning_rate_schedule(c, global_batch=256, total_steps=5, warmup_steps=10)
 
 
 def test_schedule_steps_from_epochs():
-  c = tiny_config()
-  c.total_steps = 0
-  c.input.batch_size = 2048
-  total, warmup = train.schedule_steps(c)
-  assert total == 1600 * (1_281_167 // 2048) and warmup == 30 * (1_281_167 // 2048)
+    c = tiny_config()
+    c.total_steps = 0
+    c.input.batch_size = 2048
+    total, warmup = train.schedule_steps(c)
+    assert total == 1600 * (1_281_167 // 2048) and warmup == 30 * (1_281_167 // 2048)
 
 
 def test_checkpoint_round_trip_restores_values_and_shardings(tmp_path):
-  config = tiny_config()
-  trainer = train.build_trainer(config)
-  state = trainer.init(jax.random.key(3))
-  path = checkpoint.save(str(tmp_path / "ckpt"), 7, state)
-  assert path.endswith("7")
-  target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
-  step, restored = checkpoint.restore(str(tmp_path / "ckpt"), target)
-  assert step == 7
-  for (k, a), (_, b) in zip(nnx.to_flat_state(state), nnx.to_flat_state(restored)):
-    np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()))
-    assert a.get_value().sharding == b.get_value().sharding, k
+    config = tiny_config()
+    trainer = train.build_trainer(config)
+    state = trainer.init(jax.random.key(3))
+    path = checkpoint.save(str(tmp_path / "ckpt"), 7, state)
+    assert path.endswith("7")
+    target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
+    step, restored = checkpoint.restore(str(tmp_path / "ckpt"), target)
+    assert step == 7
+    for (k, a), (_, b) in zip(nnx.to_flat_state(state), nnx.to_flat_state(restored)):
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()))
+        assert a.get_value().sharding == b.get_value().sharding, k

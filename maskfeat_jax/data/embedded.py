@@ -68,8 +68,7 @@ _FILES = {
 PHOTO_NAMES: tuple[str, ...] = tuple(_FILES)
 # One photo per source/kind (RGB, grayscale, scikit-learn) is held out.
 VALIDATION_NAMES: tuple[str, ...] = ("chelsea", "coins", "flower")
-TRAIN_NAMES: tuple[str, ...] = tuple(
-    n for n in PHOTO_NAMES if n not in VALIDATION_NAMES)
+TRAIN_NAMES: tuple[str, ...] = tuple(n for n in PHOTO_NAMES if n not in VALIDATION_NAMES)
 
 
 class EmbeddedDataError(FileNotFoundError):
@@ -86,8 +85,7 @@ def _installed_version(dist: str) -> str:
 def photo_path(name: str) -> str:
     """Absolute path of a bundled photo inside its installed package."""
     if name not in _FILES:
-        raise KeyError(
-            f"unknown embedded photo {name!r}; available: {list(PHOTO_NAMES)}")
+        raise KeyError(f"unknown embedded photo {name!r}; available: {list(PHOTO_NAMES)}")
     (dist, module, subdir), filename = _FILES[name]
     pin = f"{dist}=={_PINNED[dist]}"
     # find_spec locates the package without importing it.
@@ -95,14 +93,16 @@ def photo_path(name: str) -> str:
     if spec is None or not spec.submodule_search_locations:
         raise EmbeddedDataError(
             f"embedded photo {name!r} needs the package {pin}, which is not "
-            f"installed; run `pip install {pin}` (see requirements.txt)")
+            f"installed; run `pip install {pin}` (see requirements.txt)"
+        )
     path = os.path.join(spec.submodule_search_locations[0], subdir, filename)
     if not os.path.isfile(path):
         raise EmbeddedDataError(
             f"embedded photo {name!r} is missing: expected {path} inside "
             f"{dist} (installed: {_installed_version(dist)}). It ships in the "
             f"{pin} wheel; install that exact version (`pip install {pin}`), "
-            "newer releases may drop bundled data")
+            "newer releases may drop bundled data"
+        )
     return path
 
 
@@ -121,11 +121,9 @@ def load_photo(name: str) -> np.ndarray:
 
 def split_names(split: str = "all") -> tuple[str, ...]:
     """Photo names of ``split``: 'all', 'train' or 'validation'."""
-    splits = {"all": PHOTO_NAMES, "train": TRAIN_NAMES,
-              "validation": VALIDATION_NAMES}
+    splits = {"all": PHOTO_NAMES, "train": TRAIN_NAMES, "validation": VALIDATION_NAMES}
     if split not in splits:
-        raise ValueError(
-            f"unknown split {split!r}; use one of {sorted(splits)}")
+        raise ValueError(f"unknown split {split!r}; use one of {sorted(splits)}")
     return splits[split]
 
 

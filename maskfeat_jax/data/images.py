@@ -50,8 +50,7 @@ __all__ = [
 MaskFn = Callable[[np.random.Generator], np.ndarray]
 
 
-def center_crop_box(height: int, width: int,
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3)):
+def center_crop_box(height: int, width: int, ratio: tuple[float, float] = (3 / 4, 4 / 3)):
     """Fallback crop ``(top, left, h, w)``: largest centred box whose aspect
     (w / h) is clamped to ``ratio`` (torchvision's behaviour)."""
     in_ratio = width / height
@@ -66,10 +65,14 @@ def center_crop_box(height: int, width: int,
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def sample_crop_box(rng: np.random.Generator, height: int, width: int,
-                    scale: tuple[float, float] = (0.5, 1.0),
-                    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                    attempts: int = 10):
+def sample_crop_box(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: tuple[float, float] = (0.5, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+):
     """RandomResizedCrop box ``(top, left, h, w)`` for an image of the size.
 
     Area fraction ~ U(scale), aspect w/h log-uniform in ``ratio``, position
@@ -90,14 +93,12 @@ def sample_crop_box(rng: np.random.Generator, height: int, width: int,
     return center_crop_box(height, width, ratio)
 
 
-def random_resized_crop(image: np.ndarray, rng: np.random.Generator,
-                        size: int, scale=(0.5, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+def random_resized_crop(
+    image: np.ndarray, rng: np.random.Generator, size: int, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)
+) -> np.ndarray:
     """Crops a random box and resizes it to ``size x size`` (bicubic, PIL)."""
-    top, left, h, w = sample_crop_box(rng, image.shape[0], image.shape[1],
-                                      scale, ratio)
-    crop = Image.fromarray(np.ascontiguousarray(
-        image[top:top + h, left:left + w]))
+    top, left, h, w = sample_crop_box(rng, image.shape[0], image.shape[1], scale, ratio)
+    crop = Image.fromarray(np.ascontiguousarray(image[top : top + h, left : left + w]))
     return np.asarray(crop.resize((size, size), Image.Resampling.BICUBIC))
 
 
@@ -108,7 +109,8 @@ def _check_photo(photo: Any, index: int) -> np.ndarray:
     if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[-1] != 3:
         raise ValueError(
             f"photo {index} must be uint8 [H, W, 3], got {photo.dtype} "
-            f"{photo.shape}; convert grayscale/RGBA to RGB first")
+            f"{photo.shape}; convert grayscale/RGBA to RGB first"
+        )
     return photo
 
 
@@ -119,9 +121,16 @@ class PretrainTransform(grain.transforms.RandomMap):
     order crop, flip, mask, so every element is reproducible.
     """
 
-    def __init__(self, photos: Sequence[np.ndarray], *, image_size: int,
-                 mask_generator: MaskFn, scale=(0.5, 1.0),
-                 ratio=(3 / 4, 4 / 3), hflip: bool = True):
+    def __init__(
+        self,
+        photos: Sequence[np.ndarray],
+        *,
+        image_size: int,
+        mask_generator: MaskFn,
+        scale=(0.5, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        hflip: bool = True,
+    ):
         self.photos = photos
         self.image_size = int(image_size)
         self.mask_generator = mask_generator
@@ -132,17 +141,21 @@ class PretrainTransform(grain.transforms.RandomMap):
     def random_map(self, element: int, rng: np.random.Generator):
         index = int(element)
         photo = _check_photo(self.photos[index], index)
-        image = random_resized_crop(photo, rng, self.image_size, self.scale,
-                                    self.ratio)
+        image = random_resized_crop(photo, rng, self.image_size, self.scale, self.ratio)
         if self.hflip and rng.random() < 0.5:
             image = image[:, ::-1]
         mask = np.asarray(self.mask_generator(rng), dtype=bool)
         return {"image": np.ascontiguousarray(image), "mask": mask}
 
 
-def index_stream(num_records: int, *, seed: int, shard_index: int = 0,
-                 shard_count: int = 1,
-                 num_epochs: int | None = None) -> grain.MapDataset:
+def index_stream(
+    num_records: int,
+    *,
+    seed: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
     """The un-augmented photo-index stream one host sees (same order as
     ``make_pretrain_dataset``): per-epoch shuffles, then ``[i::n]``."""
     _check_shard(shard_index, shard_count)
@@ -153,11 +166,9 @@ def _shuffled(num_records: int, seed: int, num_epochs: int | None):
     if num_records < 1:
         raise ValueError("the photo source is empty; pass at least one photo")
     if num_epochs is not None and num_epochs < 1:
-        raise ValueError(
-            f"num_epochs must be >= 1 or None (infinite), got {num_epochs}")
+        raise ValueError(f"num_epochs must be >= 1 or None (infinite), got {num_epochs}")
     # Reseeding per epoch (grain's default) gives a new order every epoch.
-    return grain.MapDataset.range(num_records).seed(int(seed)).shuffle(
-    ).repeat(num_epochs)
+    return grain.MapDataset.range(num_records).seed(int(seed)).shuffle().repeat(num_epochs)
 
 
 def _check_shard(shard_index: int, shard_count: int) -> None:
@@ -165,7 +176,8 @@ def _check_shard(shard_index: int, shard_count: int) -> None:
         raise ValueError(
             f"need 0 <= shard_index < shard_count, got shard_index="
             f"{shard_index}, shard_count={shard_count} (use "
-            "jax.process_index() / jax.process_count())")
+            "jax.process_index() / jax.process_count())"
+        )
 
 
 def _mask_grid(mask_generator: MaskFn) -> tuple[int, ...]:
@@ -222,54 +234,67 @@ def make_pretrain_dataset(
     """
     if image_size < 1 or patch_size < 1 or image_size % patch_size:
         raise ValueError(
-            f"image_size ({image_size}) must be a positive multiple of "
-            f"patch_size ({patch_size})")
+            f"image_size ({image_size}) must be a positive multiple of patch_size ({patch_size})"
+        )
     tokens = (image_size // patch_size,) * 2
     grid = _mask_grid(mask_generator)
     if grid != tokens:
         raise ValueError(
             f"mask grid {grid} does not match the token grid {tokens} of "
             f"image_size={image_size}, patch_size={patch_size}; set the mask "
-            f"config grid to {tokens}")
+            f"config grid to {tokens}"
+        )
     if per_host_batch < 1:
         raise ValueError(f"per_host_batch must be >= 1, got {per_host_batch}")
     if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got "
-                         f"{scale}")
+        raise ValueError(f"crop scale must satisfy 0 < lo <= hi <= 1, got {scale}")
     if not 0 < ratio[0] <= ratio[1]:
         raise ValueError(f"crop ratio must satisfy 0 < lo <= hi, got {ratio}")
     if worker_count < 0 or read_threads < 0 or prefetch_batches < 0:
-        raise ValueError("worker_count, read_threads and prefetch_batches "
-                         "must be >= 0")
+        raise ValueError("worker_count, read_threads and prefetch_batches must be >= 0")
     _check_shard(shard_index, shard_count)
     if isinstance(photos, (list, tuple)):
         for i, photo in enumerate(photos):
             _check_photo(photo, i)
     transform = PretrainTransform(
-        photos, image_size=image_size, mask_generator=mask_generator,
-        scale=scale, ratio=ratio, hflip=hflip)
+        photos,
+        image_size=image_size,
+        mask_generator=mask_generator,
+        scale=scale,
+        ratio=ratio,
+        hflip=hflip,
+    )
 
     ds = _shuffled(len(photos), seed, num_epochs).random_map(transform)
     ds = ds[shard_index::shard_count]
     ds = ds.batch(per_host_batch, drop_remainder=True)
-    it_ds = ds.to_iter_dataset(grain.ReadOptions(
-        num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
+    it_ds = ds.to_iter_dataset(
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
+    )
     if worker_count > 0:
         # Worker processes read grain's absl flags; outside an absl app they
         # are unparsed and would raise, so fall back to their defaults.
         from absl import flags
+
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=worker_count,
-            per_worker_buffer_size=worker_buffer_size))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(
+                num_workers=worker_count, per_worker_buffer_size=worker_buffer_size
+            )
+        )
     return it_ds
 
 
-def iterator_from_config(config, *, image_size: int,
-                         mask_grid: Sequence[int], per_host_batch: int,
-                         shard_index: int = 0, shard_count: int = 1
-                         ) -> Iterator[dict[str, np.ndarray]]:
+def iterator_from_config(
+    config,
+    *,
+    image_size: int,
+    mask_grid: Sequence[int],
+    per_host_batch: int,
+    shard_index: int = 0,
+    shard_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
     """This host's batch iterator as the config says (used by training).
 
     ``config.input.dataset``: 'embedded' reads the bundled photos
@@ -285,11 +310,10 @@ def iterator_from_config(config, *, image_size: int,
 
     inp = config.input
     mask_grid = tuple(int(g) for g in mask_grid)
-    if len(mask_grid) != 2 or image_size % mask_grid[0] or (
-            mask_grid[0] != mask_grid[1]):
+    if len(mask_grid) != 2 or image_size % mask_grid[0] or (mask_grid[0] != mask_grid[1]):
         raise ValueError(
-            f"image mask grid {mask_grid} must be square and divide "
-            f"image_size={image_size}")
+            f"image mask grid {mask_grid} must be square and divide image_size={image_size}"
+        )
     generator = masking.from_config(config.mask, grid=mask_grid)
     name = inp.get("dataset", "embedded")
     split = inp.get("split", "train")
@@ -300,10 +324,11 @@ def iterator_from_config(config, *, image_size: int,
             raise ValueError(
                 f"config.input.dataset={name!r} is read from a prepared tfds "
                 "directory; pass --config.input.data_dir=/path/to/tensorflow_datasets "
-                "(or use --config.input.dataset=embedded for the bundled photos).")
+                "(or use --config.input.dataset=embedded for the bundled photos)."
+            )
         import tensorflow_datasets as tfds  # Only for real datasets.
-        photos = tfds.data_source(name, split=split,
-                                  data_dir=inp.get("data_dir"))
+
+        photos = tfds.data_source(name, split=split, data_dir=inp.get("data_dir"))
     seed = inp.get("seed", None)
     ds = make_pretrain_dataset(
         photos,

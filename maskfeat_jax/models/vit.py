@@ -43,229 +43,274 @@ VARIANTS: dict[str, tuple[int, int, int, int]] = {
 
 @dataclasses.dataclass(frozen=True)
 class ViTSpec:
-  """Everything that fixes the architecture (and so the parameter shapes)."""
-  width: int
-  depth: int
-  num_heads: int
-  mlp_dim: int
-  patch_size: int
-  image_size: int = 224
-  in_channels: int = 3
-  num_frames: int = 1      # 1 = image model (2-D patches); >1 = video with tubelets
-  tubelet: int = 1         # temporal patch size for video
-  num_classes: int = 0     # >0: fine-tuning head (mean pool -> norm -> head)
-  target_dim: int = 108    # pretraining head output per token (HOG: 3 * 9 * (P/8)^2)
+    """Everything that fixes the architecture (and so the parameter shapes)."""
 
-  @property
-  def is_video(self) -> bool:
-    return self.num_frames > 1
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    patch_size: int
+    image_size: int = 224
+    in_channels: int = 3
+    num_frames: int = 1  # 1 = image model (2-D patches); >1 = video with tubelets
+    tubelet: int = 1  # temporal patch size for video
+    num_classes: int = 0  # >0: fine-tuning head (mean pool -> norm -> head)
+    target_dim: int = 108  # pretraining head output per token (HOG: 3 * 9 * (P/8)^2)
 
-  @property
-  def grid(self) -> tuple[int, ...]:
-    """Token grid: (H/P, W/P) for images, (T/t, H/P, W/P) for video."""
-    side = self.image_size // self.patch_size
-    if self.is_video:
-      return (self.num_frames // self.tubelet, side, side)
-    return (side, side)
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames > 1
 
-  @property
-  def num_patches(self) -> int:
-    return math.prod(self.grid)
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Token grid: (H/P, W/P) for images, (T/t, H/P, W/P) for video."""
+        side = self.image_size // self.patch_size
+        if self.is_video:
+            return (self.num_frames // self.tubelet, side, side)
+        return (side, side)
+
+    @property
+    def num_patches(self) -> int:
+        return math.prod(self.grid)
 
 
 def parse_variant(variant: str) -> dict[str, int]:
-  """'B/16' -> width/depth/heads/mlp of ViT-B with 16-px patches; 'B/2x16' adds a 2-frame tubelet."""
-  match = re.fullmatch(r"(Ti|S|B|L|H)/(?:(\d+)x)?(\d+)", variant)
-  if not match:
-    raise ValueError(
-        f"Unknown ViT variant {variant!r}. Use '<size>/<patch>' or '<size>/<tubelet>x<patch>' "
-        f"with size in {sorted(VARIANTS)}, e.g. 'B/16' or 'L/2x16'.")
-  name, tubelet, patch = match.groups()
-  width, depth, heads, mlp = VARIANTS[name]
-  out = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=int(patch))
-  if tubelet:
-    out["tubelet"] = int(tubelet)
-  return out
+    """'B/16' -> width/depth/heads/mlp of ViT-B with 16-px patches; 'B/2x16' adds a 2-frame tubelet."""
+    match = re.fullmatch(r"(Ti|S|B|L|H)/(?:(\d+)x)?(\d+)", variant)
+    if not match:
+        raise ValueError(
+            f"Unknown ViT variant {variant!r}. Use '<size>/<patch>' or '<size>/<tubelet>x<patch>' "
+            f"with size in {sorted(VARIANTS)}, e.g. 'B/16' or 'L/2x16'."
+        )
+    name, tubelet, patch = match.groups()
+    width, depth, heads, mlp = VARIANTS[name]
+    out = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=int(patch))
+    if tubelet:
+        out["tubelet"] = int(tubelet)
+    return out
 
 
 def make_spec(variant: str, **overrides: Any) -> ViTSpec:
-  """A spec from a variant name; explicit overrides (e.g. a tiny width for tests) win."""
-  fields = parse_variant(variant)
-  fields.update({k: v for k, v in overrides.items() if v is not None})
-  spec = ViTSpec(**fields)
-  _check_spec(spec)
-  return spec
+    """A spec from a variant name; explicit overrides (e.g. a tiny width for tests) win."""
+    fields = parse_variant(variant)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    spec = ViTSpec(**fields)
+    _check_spec(spec)
+    return spec
 
 
 def _check_spec(spec: ViTSpec) -> None:
-  if spec.width % spec.num_heads:
-    raise ValueError(f"width {spec.width} is not divisible by num_heads {spec.num_heads}; "
-                     "pick a head count that divides the width.")
-  if spec.image_size % spec.patch_size:
-    raise ValueError(
-        f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}; "
-        f"use e.g. image_size={spec.image_size // spec.patch_size * spec.patch_size}.")
-  if spec.is_video and spec.num_frames % spec.tubelet:
-    raise ValueError(f"num_frames {spec.num_frames} is not a multiple of tubelet {spec.tubelet}.")
+    if spec.width % spec.num_heads:
+        raise ValueError(
+            f"width {spec.width} is not divisible by num_heads {spec.num_heads}; "
+            "pick a head count that divides the width."
+        )
+    if spec.image_size % spec.patch_size:
+        raise ValueError(
+            f"image_size {spec.image_size} is not a multiple of patch_size {spec.patch_size}; "
+            f"use e.g. image_size={spec.image_size // spec.patch_size * spec.patch_size}."
+        )
+    if spec.is_video and spec.num_frames % spec.tubelet:
+        raise ValueError(
+            f"num_frames {spec.num_frames} is not a multiple of tubelet {spec.tubelet}."
+        )
 
 
 class PatchEmbed(nnx.Module):
-  """Non-overlapping P x P (or t x P x P) convolution, as PyTorch ``patch_embed.proj``."""
+    """Non-overlapping P x P (or t x P x P) convolution, as PyTorch ``patch_embed.proj``."""
 
-  def __init__(self, spec: ViTSpec, *, dtype, rngs: nnx.Rngs):
-    if spec.is_video:
-      kernel = (spec.tubelet, spec.patch_size, spec.patch_size)
-    else:
-      kernel = (spec.patch_size, spec.patch_size)
-    fan_in = spec.in_channels * math.prod(kernel)
-    bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default Conv bias init
-    self.proj = nnx.Conv(
-        spec.in_channels, spec.width, kernel_size=kernel, strides=kernel, padding="VALID",
-        kernel_init=layers.with_axes(layers.weight_init(), (None,) * (len(kernel) + 1) + ("embed",)),
-        bias_init=layers.with_axes(
-            lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound),
-            ("embed",)),
-        dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    def __init__(self, spec: ViTSpec, *, dtype, rngs: nnx.Rngs):
+        if spec.is_video:
+            kernel = (spec.tubelet, spec.patch_size, spec.patch_size)
+        else:
+            kernel = (spec.patch_size, spec.patch_size)
+        fan_in = spec.in_channels * math.prod(kernel)
+        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default Conv bias init
+        self.proj = nnx.Conv(
+            spec.in_channels,
+            spec.width,
+            kernel_size=kernel,
+            strides=kernel,
+            padding="VALID",
+            kernel_init=layers.with_axes(
+                layers.weight_init(), (None,) * (len(kernel) + 1) + ("embed",)
+            ),
+            bias_init=layers.with_axes(
+                lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+                    key, shape, dtype, -bound, bound
+                ),
+                ("embed",),
+            ),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = self.proj(x)
-    return y.reshape(y.shape[0], -1, y.shape[-1])
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.proj(x)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
 class Attention(nnx.Module):
+    def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.proj = layers.dense(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
 
-  def __init__(self, dim: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
-    self.num_heads = num_heads
-    self.scale = (dim // num_heads) ** -0.5
-    self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, rngs=rngs)
-    self.proj = layers.dense(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    q, k, v = layers.split_heads(self.qkv(x), self.num_heads)
-    weights = layers.attention_weights(q, k, self.scale).astype(v.dtype)
-    out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
-    return self.proj(layers.merge_heads(out))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        q, k, v = layers.split_heads(self.qkv(x), self.num_heads)
+        weights = layers.attention_weights(q, k, self.scale).astype(v.dtype)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        return self.proj(layers.merge_heads(out))
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
+    """Pre-norm transformer block: x + attn(norm1(x)); x + mlp(norm2(x))."""
 
-  def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
-    self.norm1 = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
-    self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
-    self.norm2 = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
-    self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, *, dtype, rngs: nnx.Rngs):
+        self.norm1 = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.attn = Attention(dim, num_heads, dtype=dtype, rngs=rngs)
+        self.norm2 = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
+        self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = x + self.attn(self.norm1(x))
-    return x + self.mlp(self.norm2(x))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 class PredictionHead(nnx.Module):
-  """MaskFeat's head: LayerNorm -> Linear(width -> target_dim), init LN 1/0, Linear bias 0."""
+    """MaskFeat's head: LayerNorm -> Linear(width -> target_dim), init LN 1/0, Linear bias 0."""
 
-  def __init__(self, dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
-    self.norm = layers.layer_norm(dim, dtype=dtype, rngs=rngs, bias_init=0.0)
-    self.proj = layers.dense(dim, out_dim, ("embed", "target"), dtype=dtype, rngs=rngs,
-                             bias_init=0.0)
+    def __init__(self, dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
+        self.norm = layers.layer_norm(dim, dtype=dtype, rngs=rngs, bias_init=0.0)
+        self.proj = layers.dense(
+            dim, out_dim, ("embed", "target"), dtype=dtype, rngs=rngs, bias_init=0.0
+        )
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    return layers.at_least_f32(self.proj(self.norm(x)))
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return layers.at_least_f32(self.proj(self.norm(x)))
 
 
 class ViT(nnx.Module):
-  """ViT encoder with the MaskFeat pretraining head or a mean-pooling classification head.
+    """ViT encoder with the MaskFeat pretraining head or a mean-pooling classification head.
 
-  Args:
-    spec: architecture.
-    dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
-    scan: stack the blocks and run them with ``nnx.scan`` (faster compiles for deep models).
-    remat: rematerialise each block in the backward pass (saves activation memory).
-  """
+    Args:
+      spec: architecture.
+      dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
+      scan: stack the blocks and run them with ``nnx.scan`` (faster compiles for deep models).
+      remat: rematerialise each block in the backward pass (saves activation memory).
+    """
 
-  def __init__(self, spec: ViTSpec, *, dtype=jnp.float32, scan: bool = False,
-               remat: bool = False, rngs: nnx.Rngs):
-    self.spec = spec
-    self.dtype = dtype
-    self.scan = scan
-    self.remat = remat
-    d = spec.width
-    token_init = layers.with_axes(layers.weight_init(), (None, None, "embed"))
-    self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
-    self.cls_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
-    self.pos_embed = nnx.Param(token_init(rngs.params(), (1, spec.num_patches + 1, d)))
+    def __init__(
+        self,
+        spec: ViTSpec,
+        *,
+        dtype=jnp.float32,
+        scan: bool = False,
+        remat: bool = False,
+        rngs: nnx.Rngs,
+    ):
+        self.spec = spec
+        self.dtype = dtype
+        self.scan = scan
+        self.remat = remat
+        d = spec.width
+        token_init = layers.with_axes(layers.weight_init(), (None, None, "embed"))
+        self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
+        self.cls_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
+        self.pos_embed = nnx.Param(token_init(rngs.params(), (1, spec.num_patches + 1, d)))
 
-    def make_block(r: nnx.Rngs) -> Block:
-      return Block(d, spec.num_heads, spec.mlp_dim, dtype=dtype, rngs=r)
+        def make_block(r: nnx.Rngs) -> Block:
+            return Block(d, spec.num_heads, spec.mlp_dim, dtype=dtype, rngs=r)
 
-    if scan:
-      make_stack = nnx.split_rngs(splits=spec.depth)(nnx.vmap(make_block, in_axes=(0,), out_axes=0))
-      self.blocks = make_stack(rngs)
-    else:
-      self.blocks = nnx.List([make_block(rngs) for _ in range(spec.depth)])
+        if scan:
+            make_stack = nnx.split_rngs(splits=spec.depth)(
+                nnx.vmap(make_block, in_axes=(0,), out_axes=0)
+            )
+            self.blocks = make_stack(rngs)
+        else:
+            self.blocks = nnx.List([make_block(rngs) for _ in range(spec.depth)])
 
-    if spec.num_classes:
-      self.norm = layers.layer_norm(d, dtype=dtype, rngs=rngs)
-      # Classifier at 1e-3 of the usual init, as the reference fine-tuning recipe does.
-      self.head = nnx.Linear(
-          d, spec.num_classes,
-          kernel_init=layers.with_axes(
-              lambda k, s, t=jnp.float32: layers.weight_init()(k, s, t) * 1e-3, ("embed", "classes")),
-          bias_init=layers.with_axes(jax.nn.initializers.zeros, ("classes",)),
-          dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
-    else:
-      self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
-      self.pred_head = PredictionHead(d, spec.target_dim, dtype=dtype, rngs=rngs)
+        if spec.num_classes:
+            self.norm = layers.layer_norm(d, dtype=dtype, rngs=rngs)
+            # Classifier at 1e-3 of the usual init, as the reference fine-tuning recipe does.
+            self.head = nnx.Linear(
+                d,
+                spec.num_classes,
+                kernel_init=layers.with_axes(
+                    lambda k, s, t=jnp.float32: layers.weight_init()(k, s, t) * 1e-3,
+                    ("embed", "classes"),
+                ),
+                bias_init=layers.with_axes(jax.nn.initializers.zeros, ("classes",)),
+                dtype=dtype,
+                param_dtype=jnp.float32,
+                rngs=rngs,
+            )
+        else:
+            self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
+            self.pred_head = PredictionHead(d, spec.target_dim, dtype=dtype, rngs=rngs)
 
-  def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Patch embedding, mask-token replacement, cls and position embedding: [B, 1+N, D]."""
-    tokens = self.patch_embed(x.astype(self.dtype))
-    if mask is not None:
-      if self.spec.num_classes:
-        raise ValueError("A fine-tuning model (num_classes > 0) has no mask token; pass mask=None.")
-      m = mask.reshape(mask.shape[0], -1, 1).astype(tokens.dtype)
-      if m.shape[1] != tokens.shape[1]:
-        raise ValueError(f"mask has {m.shape[1]} entries per example but the input gives "
-                         f"{tokens.shape[1]} tokens (grid {self.spec.grid}); upsample the mask "
-                         "units to the token grid first.")
-      tokens = tokens * (1 - m) + self.mask_token[...].astype(tokens.dtype) * m
-    cls = jnp.broadcast_to(self.cls_token[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1]))
-    tokens = jnp.concatenate([cls, tokens], axis=1)
-    return tokens + self.pos_embed[...].astype(tokens.dtype)
+    def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Patch embedding, mask-token replacement, cls and position embedding: [B, 1+N, D]."""
+        tokens = self.patch_embed(x.astype(self.dtype))
+        if mask is not None:
+            if self.spec.num_classes:
+                raise ValueError(
+                    "A fine-tuning model (num_classes > 0) has no mask token; pass mask=None."
+                )
+            m = mask.reshape(mask.shape[0], -1, 1).astype(tokens.dtype)
+            if m.shape[1] != tokens.shape[1]:
+                raise ValueError(
+                    f"mask has {m.shape[1]} entries per example but the input gives "
+                    f"{tokens.shape[1]} tokens (grid {self.spec.grid}); upsample the mask "
+                    "units to the token grid first."
+                )
+            tokens = tokens * (1 - m) + self.mask_token[...].astype(tokens.dtype) * m
+        cls = jnp.broadcast_to(
+            self.cls_token[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1])
+        )
+        tokens = jnp.concatenate([cls, tokens], axis=1)
+        return tokens + self.pos_embed[...].astype(tokens.dtype)
 
-  def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """All encoder output tokens, cls first: [B, 1+N, D]."""
-    self._check_input(x)
-    h = self.embed(x, mask)
+    def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """All encoder output tokens, cls first: [B, 1+N, D]."""
+        self._check_input(x)
+        h = self.embed(x, mask)
 
-    def apply_block(block: Block, y: jax.Array) -> jax.Array:
-      return block(y)
+        def apply_block(block: Block, y: jax.Array) -> jax.Array:
+            return block(y)
 
-    if self.remat:
-      apply_block = nnx.remat(apply_block)
-    if self.scan:
-      body = nnx.scan(lambda y, block: apply_block(block, y), in_axes=(nnx.Carry, 0),
-                      out_axes=nnx.Carry)
-      return body(h, self.blocks)
-    for block in self.blocks:
-      h = apply_block(block, h)
-    return h
+        if self.remat:
+            apply_block = nnx.remat(apply_block)
+        if self.scan:
+            body = nnx.scan(
+                lambda y, block: apply_block(block, y), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry
+            )
+            return body(h, self.blocks)
+        for block in self.blocks:
+            h = apply_block(block, h)
+        return h
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-    """Pretraining: per-token predictions [B, N, target_dim] (float32).
-    Fine-tuning: logits [B, num_classes] (float32)."""
-    h = self.encode(x, mask)
-    patches = h[:, 1:]
-    if self.spec.num_classes:
-      pooled = self.norm(patches.mean(axis=1))
-      return layers.at_least_f32(self.head(pooled))
-    return self.pred_head(patches)
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Pretraining: per-token predictions [B, N, target_dim] (float32).
+        Fine-tuning: logits [B, num_classes] (float32)."""
+        h = self.encode(x, mask)
+        patches = h[:, 1:]
+        if self.spec.num_classes:
+            pooled = self.norm(patches.mean(axis=1))
+            return layers.at_least_f32(self.head(pooled))
+        return self.pred_head(patches)
 
-  def _check_input(self, x: jax.Array) -> None:
-    spec = self.spec
-    s = spec.image_size
-    want = (spec.num_frames, s, s, spec.in_channels) if spec.is_video else (s, s, spec.in_channels)
-    if tuple(x.shape[1:]) != want:
-      layout = "[B, T, H, W, C]" if spec.is_video else "[B, H, W, C]"
-      raise ValueError(f"ViT expects input {layout} with per-example shape {want}, got {tuple(x.shape)}. "
-                       "Check config.model.image_size / num_frames and the data pipeline.")
+    def _check_input(self, x: jax.Array) -> None:
+        spec = self.spec
+        s = spec.image_size
+        want = (
+            (spec.num_frames, s, s, spec.in_channels) if spec.is_video else (s, s, spec.in_channels)
+        )
+        if tuple(x.shape[1:]) != want:
+            layout = "[B, T, H, W, C]" if spec.is_video else "[B, H, W, C]"
+            raise ValueError(
+                f"ViT expects input {layout} with per-example shape {want}, got {tuple(x.shape)}. "
+                "Check config.model.image_size / num_frames and the data pipeline."
+            )
