@@ -28,7 +28,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from maskfeat_jax import hog, masking, models, objectives, optim, sharding
+from maskfeat_jax import checkpoint, hog, masking, models, objectives, optim, sharding
 
 Batch = Mapping[str, Any]
 
@@ -315,31 +315,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         if step == 1 or step % every == 0 or step == trainer.total_steps:
             last = {k: float(v) for k, v in jax.device_get(metrics).items()}
             now = time.perf_counter()
-            if t_last is None:  # the first step includes warm-up; time from here on
-                rate, eta = float("nan"), ""
-            else:
+            speed = ""
+            if t_last is not None:  # the first step includes warm-up; time from there on
                 rate = (step - step_last) / (now - t_last)
-                eta = f", ETA {_format_duration((trainer.total_steps - step) / rate)}"
+                last["steps_per_sec"] = rate
+                remaining = _format_duration((trainer.total_steps - step) / rate)
+                speed = f", {rate:.2f} steps/s, ETA {remaining}"
             t_last, step_last = now, step
-            last["steps_per_sec"] = rate
             log.write(step, last)
             logging.info(
-                "step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g, %.2f steps/s%s",
+                "step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g%s",
                 step,
                 trainer.total_steps,
                 last["loss"],
                 last["lr"],
                 last["grad_norm"],
-                rate,
-                eta,
+                speed,
             )
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(
                     f"loss became {last['loss']} at step {step}; lower "
                     "config.optim.base_lr or check the input data."
                 )
-
-    from maskfeat_jax import checkpoint
 
     path = checkpoint.save(os.path.join(workdir, "checkpoints"), trainer.total_steps, state)
     logging.info("Saved checkpoint %s", path)
