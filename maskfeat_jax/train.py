@@ -184,8 +184,7 @@ def build_trainer(
     mesh = mesh or sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding.rules)
     sharding.check_global_batch(config.input.batch_size, mesh, rules)
-    spec = models.model_spec(config.model)
-    target_dim = hog_target_dim(config, spec.patch_size)
+    target_dim = hog_target_dim(config, models.model_spec(config.model).patch_size)
     total_steps, warmup_steps = schedule_steps(config)
     schedule = optim.learning_rate_schedule(
         config.optim,
@@ -196,7 +195,7 @@ def build_trainer(
     make = functools.partial(_make_train_objects, config, target_dim, schedule)
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
-    spec = abstract[0].spec
+    spec = abstract[0].spec  # with the HOG target size for the head
     state_shardings = sharding.state_shardings(abstract_state, mesh, rules)
     batch_sharding = sharding.batch_sharding(mesh, rules)
 
