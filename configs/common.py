@@ -100,3 +100,13 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.mesh = FSDP_MESH
     c.sharding = ml_collections.ConfigDict(dict(rules=SHARDING_RULES))
     return c
+
+
+def apply_epochs_variant(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
+    """`:300ep` selects the yaml's 300-epoch schedule; no variant keeps the 1600 epochs of the
+    released checkpoints."""
+    if arg == "300ep":
+        c.total_epochs = 300
+    elif arg:
+        raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
+    return c

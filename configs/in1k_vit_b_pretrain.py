@@ -17,8 +17,4 @@ from configs import common
 def get_config(arg=None):
     c = common.pretrain_config()
     c.model.variant = "B/16"
-    if arg == "300ep":
-        c.total_epochs = 300
-    elif arg:
-        raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
-    return c
+    return common.apply_epochs_variant(c, arg)

@@ -20,8 +20,4 @@ def get_config(arg=None):
     c.model.dtype = "bfloat16"
     c.model.remat = True
     c.model.scan = True
-    if arg == "300ep":
-        c.total_epochs = 300
-    elif arg:
-        raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
-    return c
+    return common.apply_epochs_variant(c, arg)

@@ -183,14 +183,59 @@ def _place_first(mask: np.ndarray, candidates: Iterable, cap: int, limited_axes:
     return None
 
 
-def _store(generator: Any, **fields: Any) -> None:
-    """Writes validated settings back onto a frozen dataclass."""
-    for name, value in fields.items():
-        object.__setattr__(generator, name, value)
+class _MaskGeneratorBase:
+    """What the block and cube generators share: validation of the common settings, the
+    grid accessors and sampling without box records. Subclasses are frozen dataclasses
+    with ``grid``, ``ratio``, ``min/max_patches``, ``min/max_aspect``, ``max_attempts``."""
+
+    def _validate(
+        self, ndim: int, kind: str, unit: str, default_max, min_of_max: bool, **extra
+    ) -> None:
+        """Checks and normalises the settings. ``default_max(grid, num)`` is the largest area
+        per block when ``max_patches`` is None; the smallest defaults to ``max_patches // 5``
+        if ``min_of_max`` (SlowFast's 3-D generator) else ``num // 5`` (its 2-D one)."""
+        grid = _check_grid(self.grid, ndim, kind)
+        ratio = _check_ratio(self.ratio)
+        num = int(round(math.prod(grid) * ratio))
+        if num < 1:
+            raise ValueError(
+                f"ratio {ratio} masks no {unit} of a {grid} grid "
+                f"(round({math.prod(grid)}*{ratio}) = 0); raise the ratio or use a larger grid"
+            )
+        lo, hi = _check_aspect(self.min_aspect, self.max_aspect)
+        max_p = default_max(grid, num) if self.max_patches is None else int(self.max_patches)
+        default_min = max_p // 5 if min_of_max else num // 5
+        min_p, max_p = _check_min_max(self.min_patches, max_p, default_min, max_p)
+        _check_fits(min_p, grid[-2], grid[-1], lo, hi, "min_patches")
+        if int(self.max_attempts) < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        fields = dict(
+            grid=grid,
+            ratio=ratio,
+            min_aspect=lo,
+            max_aspect=hi,
+            min_patches=min_p,
+            max_patches=max_p,
+            max_attempts=int(self.max_attempts),
+            **extra,
+        )
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)  # frozen dataclass
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.grid
+
+    @property
+    def num_masking_patches(self) -> int:
+        return int(round(math.prod(self.grid) * self.ratio))
+
+    def __call__(self, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_with_boxes(rng, record=False)[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockMaskGenerator:
+class BlockMaskGenerator(_MaskGeneratorBase):
     """BEiT/SlowFast block-wise image mask on an (H, W) token grid.
 
     Call with a ``np.random.Generator``; returns ``bool[H, W]``.
@@ -208,42 +253,9 @@ class BlockMaskGenerator:
     max_attempts: int = 10
 
     def __post_init__(self):
-        grid = _check_grid(self.grid, 2, "block")
-        ratio = _check_ratio(self.ratio)
-        num = int(round(grid[0] * grid[1] * ratio))
-        if num < 1:
-            raise ValueError(
-                f"ratio {ratio} masks no cell of a {grid} grid "
-                f"(round({grid[0] * grid[1]}*{ratio}) = 0); raise the ratio "
-                "or use a larger grid"
-            )
-        lo, hi = _check_aspect(self.min_aspect, self.max_aspect)
-        min_p, max_p = _check_min_max(self.min_patches, self.max_patches, num // 5, num)
-        _check_fits(min_p, grid[0], grid[1], lo, hi, "min_patches")
-        if int(self.max_attempts) < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        _store(
-            self,
-            grid=grid,
-            ratio=ratio,
-            min_aspect=lo,
-            max_aspect=hi,
-            min_patches=min_p,
-            max_patches=max_p,
-            exact=bool(self.exact),
-            max_attempts=int(self.max_attempts),
+        self._validate(
+            2, "block", "cell", lambda grid, num: num, min_of_max=False, exact=bool(self.exact)
         )
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.grid
-
-    @property
-    def num_masking_patches(self) -> int:
-        return int(round(self.grid[0] * self.grid[1] * self.ratio))
-
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        return self.sample_with_boxes(rng, record=False)[0]
 
     def sample_with_boxes(self, rng: np.random.Generator, *, record: bool = True):
         """Returns ``(mask, boxes)``; boxes are ``(top, left, h, w)`` in the
@@ -294,7 +306,7 @@ class BlockMaskGenerator:
 
 
 @dataclasses.dataclass(frozen=True)
-class CubeMaskGenerator:
+class CubeMaskGenerator(_MaskGeneratorBase):
     """SlowFast MaskFeat cube mask on a (T, H, W) grid of mask units.
 
     Call with a ``np.random.Generator``; returns ``bool[T, H, W]``.
@@ -311,43 +323,8 @@ class CubeMaskGenerator:
     max_attempts: int = 100
 
     def __post_init__(self):
-        grid = _check_grid(self.grid, 3, "cube")
-        ratio = _check_ratio(self.ratio)
-        num = int(round(grid[0] * grid[1] * grid[2] * ratio))
-        if num < 1:
-            raise ValueError(
-                f"ratio {ratio} masks no unit of a {grid} grid; raise the "
-                "ratio or use a larger grid"
-            )
-        lo, hi = _check_aspect(self.min_aspect, self.max_aspect)
-        default_max = grid[1] * grid[2]
-        max_p = default_max if self.max_patches is None else int(self.max_patches)
-        min_p, max_p = _check_min_max(self.min_patches, max_p, max_p // 5, max_p)
-        _check_fits(min_p, grid[1], grid[2], lo, hi, "min_patches")
-        if int(self.max_attempts) < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
-        _store(
-            self,
-            grid=grid,
-            ratio=ratio,
-            min_aspect=lo,
-            max_aspect=hi,
-            min_patches=min_p,
-            max_patches=max_p,
-            max_attempts=int(self.max_attempts),
-        )
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.grid
-
-    @property
-    def num_masking_patches(self) -> int:
-        t, h, w = self.grid
-        return int(round(t * h * w * self.ratio))
-
-    def __call__(self, rng: np.random.Generator) -> np.ndarray:
-        return self.sample_with_boxes(rng, record=False)[0]
+        # The largest cube covers the whole spatial grid (area drawn from U(min, max)).
+        self._validate(3, "cube", "unit", lambda grid, num: grid[1] * grid[2], min_of_max=True)
 
     def sample_with_boxes(self, rng: np.random.Generator, *, record: bool = True):
         """Returns ``(mask, boxes)``; boxes are ``(front, top, left, t, h,
