@@ -83,3 +83,76 @@ def torch_hog_targets(
     hog = hog.permute(0, 2, 3, 1)  # [B, h, w, C*nbins]
     hog = hog.unfold(1, k, k).unfold(2, k, k)  # [B, h/k, w/k, C*nbins, k, k]
     return hog.flatten(3).reshape(b, -1, hog.shape[3] * k * k)
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision's generic MViT class with MaskFeat's block settings (the MViTv2 reference).
+# ---------------------------------------------------------------------------------------------
+
+
+def torchvision_mvit(spec, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """``torchvision.models.video.mvit.MViT`` rebuilt from our spec, with random weights.
+
+    LayerNorm parameters are perturbed away from (1, 0) so that a swapped scale/bias or a
+    missing norm shows in a parity check."""
+    from torchvision.models.video.mvit import MSBlockConfig, MViT
+
+    from maskfeat_jax import torch_names
+
+    kwargs = torch_names.torchvision_mvit_kwargs(spec)
+    kwargs["block_setting"] = [MSBlockConfig(**b) for b in kwargs["block_setting"]]
+    torch.manual_seed(seed)
+    model = MViT(**kwargs).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    return model.to(dtype)
+
+
+def torchvision_mvit_tokens(
+    model, clips: torch.Tensor, mask: torch.Tensor | None = None, mask_token=None
+) -> torch.Tensor:
+    """Last-block tokens [B, 1+N, C] of a torchvision MViT for clips [B, C, T, H, W], with
+    MaskFeat's optional mask-token replacement of the patch embeddings (before cls)."""
+    x = model.conv_proj(clips)
+    thw = tuple(x.shape[2:])
+    x = x.flatten(2).transpose(1, 2)
+    if mask is not None:
+        m = mask.reshape(mask.shape[0], -1, 1).to(x.dtype)
+        x = x * (1 - m) + mask_token * m
+    x = model.pos_encoding(x)
+    for block in model.blocks:
+        x, thw = block(x, thw)
+    return x
+
+
+def torchvision_mvit_mean_pool_logits(model, tokens: torch.Tensor) -> torch.Tensor:
+    """MaskFeat's fine-tuning readout on torchvision's modules: mean over patch tokens (not
+    cls) -> norm -> head."""
+    return model.head(model.norm(tokens[:, 1:].mean(1)))
+
+
+def jax_mvit_from_torchvision(model, spec, dtype, *, seed: int = 1):
+    """Our MViT holding a torchvision MViT's weights (through the exporter's name mapping).
+
+    Parameters torchvision has no place for (``mask_token``, ``pred_head``) get random
+    values. Returns (model, torchvision keys that were not used)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from maskfeat_jax import torch_names
+    from maskfeat_jax.models import mvit
+
+    ours = nnx.eval_shape(lambda: mvit.MViT(spec, dtype=dtype, rngs=nnx.Rngs(0)))
+    template = torch_names.flat_params(ours)
+    flat, unused = torch_names.from_torch(
+        model.state_dict(), template, torch_names.TORCHVISION_MVIT
+    )
+    rng = np.random.default_rng(seed)
+    for key, value in flat.items():
+        if isinstance(value, jax.ShapeDtypeStruct):  # no torchvision counterpart
+            flat[key] = rng.normal(0.0, 0.1, value.shape) + key.endswith("scale")
+    torch_names.load_flat_params(ours, flat, dtype=dtype)
+    return ours, unused

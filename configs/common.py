@@ -102,6 +102,55 @@ def pretrain_config() -> ml_collections.ConfigDict:
     return c
 
 
+KINETICS_MEAN = (0.45, 0.45, 0.45)
+KINETICS_STD = (0.225, 0.225, 0.225)
+
+
+def video_pretrain_config() -> ml_collections.ConfigDict:
+    """MaskFeat K400 MViTv2-S pretraining recipe (SlowFast k400_MVITv2_S_16x4_MaskFeat_PT.yaml).
+
+    16 frames x stride 4 at 224 px; cube masks (40% of 8x7x7 units, one unit = 2 frames x
+    32 x 32 px); base lr 1e-4 per 32 clips at a global batch of 512 (mmpretrain's 16 x 32),
+    10 warmup epochs from 1e-6, cosine to 1e-6, wd 0.05, clip 0.02, 300 epochs.
+    """
+    c = pretrain_config()
+    c.total_epochs = 300
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="mvit",
+            variant="MViTv2-S",
+            image_size=224,
+            num_frames=16,
+            embed_dim=None,
+            num_heads=None,
+            depth=None,
+            stage_starts=None,  # override the variant's table
+            num_classes=0,
+            dtype="float32",
+            remat=False,
+        )
+    )
+    c.mask = ml_collections.ConfigDict(
+        dict(
+            kind="cube",
+            grid=(8, 7, 7),
+            ratio=0.4,
+            min_aspect=0.3,
+            min_patches=None,
+            max_patches=None,
+        )
+    )
+    c.input.update(
+        dataset="kinetics400",
+        examples_per_epoch=240_436,  # the official train list; copies differ, set yours
+        batch_size=512,
+        mean=KINETICS_MEAN,
+        std=KINETICS_STD,
+    )
+    c.optim.update(base_lr=1e-4, lr_batch_reference=32, warmup_epochs=10)
+    return c
+
+
 def apply_epochs_variant(c: ml_collections.ConfigDict, arg) -> ml_collections.ConfigDict:
     """`:300ep` selects the yaml's 300-epoch schedule; no variant keeps the 1600 epochs of the
     released checkpoints."""

@@ -77,10 +77,12 @@ def loss_fn(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
     # exact, and a pixel's bin never depends on float rounding of the normalized values.
     pixels = batch["image"].astype(jnp.float32)
     targets = jax.lax.stop_gradient(compute_targets(pixels, spec, config.hog))
-    mask = token_mask(batch["mask"], spec.grid)
-    pred = model(images, mask)
-    loss = objectives.masked_mse(pred, targets, mask)
-    return loss, {"mask_ratio": jnp.mean(mask.astype(jnp.float32))}
+    # Mask units are upsampled twice: to the input tokens for mask-token replacement and to
+    # the output tokens for the loss (the same grid for a ViT; 4x finer input for MViT).
+    loss_mask = token_mask(batch["mask"], spec.grid)
+    pred = model(images, token_mask(batch["mask"], spec.token_grid))
+    loss = objectives.masked_mse(pred, targets, loss_mask)
+    return loss, {"mask_ratio": jnp.mean(loss_mask.astype(jnp.float32))}
 
 
 def train_step(
@@ -264,16 +266,20 @@ class MetricsLog:
 
 def train_iterator(config: ml_collections.ConfigDict, spec) -> Iterator[dict[str, np.ndarray]]:
     """This host's slice of each global batch, from the configured source."""
-    from maskfeat_jax.data import images as image_data  # grain is only needed when training
+    # grain is only needed when training.
+    from maskfeat_jax.data import images as image_data
+    from maskfeat_jax.data import videos as video_data
 
-    return image_data.iterator_from_config(
-        config,
+    kwargs = dict(
         image_size=spec.image_size,
         mask_grid=mask_grid(config, spec),
         per_host_batch=config.input.batch_size // jax.process_count(),
         shard_index=jax.process_index(),
         shard_count=jax.process_count(),
     )
+    if spec.is_video:
+        return video_data.iterator_from_config(config, num_frames=spec.num_frames, **kwargs)
+    return image_data.iterator_from_config(config, **kwargs)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from configs import common
-from maskfeat_jax import checkpoint, objectives, optim, sharding, train
+from maskfeat_jax import checkpoint, hog, objectives, optim, sharding, train
 
 
 def tiny_config(batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor", 1))):
@@ -64,6 +64,98 @@ def test_sharded_step_equals_single_device_step():
     assert p1.keys() == p8.keys()
     for k in p1:
         np.testing.assert_allclose(p8[k], p1[k], atol=2e-5, err_msg=str(k))
+
+
+def tiny_video_config(family, batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor", 1))):
+    """A small video model on 8-frame clips, with the K400 recipe's cube masks."""
+    c = common.video_pretrain_config()
+    if family == "mvit":
+        # 4 x 16 x 16 input tokens, q-pooled at blocks 1 and 2 to 4 x 4 x 4 output tokens of
+        # 2 frames x 16 px (block 3's stride removed, as in pretraining); one mask unit =
+        # 2 x 2 output tokens = 8 x 8 input tokens.
+        c.model.update(image_size=64, num_frames=8, embed_dim=16, depth=4, stage_starts=(1, 2, 3))
+        c.mask.grid = (4, 2, 2)
+    else:  # the ViT with 2 x 16 x 16 tubelets: 4 x 2 x 2 tokens, one unit per token
+        c.model = common.pretrain_config().model
+        c.model.update(
+            variant="B/2x16",
+            image_size=32,
+            num_frames=8,
+            width=64,
+            depth=2,
+            num_heads=4,
+            mlp_dim=128,
+        )
+        c.mask.grid = (4, 2, 2)
+    c.mask.update(min_patches=1, max_patches=4)
+    c.input.batch_size = batch
+    c.total_steps = 10
+    c.optim.update(warmup_steps=2, base_lr=1e-3, lr_batch_reference=batch, clip_grad_norm=1.0)
+    c.mesh = mesh
+    return c
+
+
+def random_clips(config, seed=0):
+    """Smooth random clips (a moving gradient plus noise) and cube masks from the generator."""
+    from maskfeat_jax import masking
+
+    rng = np.random.default_rng(seed)
+    b, t, s = config.input.batch_size, config.model.num_frames, config.model.image_size
+    gen = masking.from_config(config.mask, grid=config.mask.grid)
+    yy, xx = np.mgrid[:s, :s]
+    frames = [
+        [(xx * np.cos(a + 0.1 * f) + yy * np.sin(a + 0.1 * f)) * 4 for f in range(t)]
+        for a in rng.uniform(0, np.pi, b)
+    ]
+    clips = np.asarray(frames)[..., None] + rng.normal(0, 8, (b, t, s, s, 3))
+    return {
+        "image": np.clip(clips + 128, 0, 255).astype(np.uint8),
+        "mask": np.stack([gen(rng) for _ in range(b)]),
+    }
+
+
+@pytest.mark.parametrize("family", ["mvit", "vit"])
+def test_video_batches_go_through_the_sharded_step_unchanged(family):
+    config = tiny_video_config(family)
+    batches = [random_clips(config, s) for s in range(3)]
+    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+    t1, s1, l1 = run_steps(config, one, batches)
+    assert t1.spec.is_video and t1.spec.grid == ((4, 4, 4) if family == "mvit" else (4, 2, 2))
+    init = jax.device_get(t1.init(jax.random.key(0)))
+    eight = sharding.make_mesh(config.mesh)
+    t8, s8, l8 = run_steps(config, eight, batches, init_state=init)
+    assert all(np.isfinite(l1)) and 0.02 < l1[0] < 1.0
+    np.testing.assert_allclose(l8, l1, rtol=2e-5)
+    p1, p8 = params_of(s1), params_of(s8)
+    for k in p1:
+        np.testing.assert_allclose(p8[k], p1[k], atol=2e-5, err_msg=str(k))
+
+
+def test_video_loss_uses_targets_of_every_second_frame_on_masked_output_tokens():
+    config = tiny_video_config("mvit")
+    batch = random_clips(config)
+    one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
+    trainer = train.build_trainer(config, one)
+    state = trainer.init(jax.random.key(0))
+    model = nnx.merge(trainer.graphdef, state)[0]
+    images = objectives.normalize(jnp.asarray(batch["image"]), config.input.mean, config.input.std)
+    loss, aux = train.loss_fn(model, jax.tree.map(jnp.asarray, batch), config)
+    # Independent assembly: HOG of frames 0, 2, 4, 6 in (t, h, w) token order; predictions
+    # with the units upsampled 8x to the 16 x 16 input grid; mean over masked output tokens.
+    targets = np.stack(
+        [
+            np.asarray(hog.hog_targets(jnp.asarray(batch["image"][:, f], jnp.float32)))
+            for f in (0, 2, 4, 6)
+        ],
+        axis=1,
+    ).reshape(8, 64, 108)
+    units = batch["mask"]
+    input_mask = units.repeat(8, axis=2).repeat(8, axis=3).reshape(8, -1)
+    pred = np.asarray(model(images, jnp.asarray(input_mask)))
+    out_mask = units.repeat(2, axis=2).repeat(2, axis=3).reshape(8, -1)
+    want = np.mean(((pred - targets) ** 2)[out_mask])
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    np.testing.assert_allclose(float(aux["mask_ratio"]), out_mask.mean(), rtol=1e-6)
 
 
 def test_fsdp_rules_really_shard_parameters_and_optimizer_state():

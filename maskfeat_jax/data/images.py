@@ -265,7 +265,40 @@ def make_pretrain_dataset(
         hflip=hflip,
     )
 
-    ds = _shuffled(len(photos), seed, num_epochs).random_map(transform)
+    return batched_stream(
+        len(photos),
+        transform,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+        per_host_batch=per_host_batch,
+        worker_count=worker_count,
+        worker_buffer_size=worker_buffer_size,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
+    )
+
+
+def batched_stream(
+    num_records: int,
+    transform: grain.transforms.RandomMap,
+    *,
+    seed: int,
+    num_epochs: int | None,
+    shard_index: int,
+    shard_count: int,
+    per_host_batch: int,
+    worker_count: int,
+    worker_buffer_size: int,
+    read_threads: int,
+    prefetch_batches: int,
+) -> grain.IterDataset:
+    """shuffle -> repeat -> random_map -> per-host slice -> batch -> threads [-> processes].
+
+    The transform runs before slicing so that each element's rng depends on its global
+    position (``index_stream`` gives the record order each host sees)."""
+    ds = _shuffled(num_records, seed, num_epochs).random_map(transform)
     ds = ds[shard_index::shard_count]
     ds = ds.batch(per_host_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(

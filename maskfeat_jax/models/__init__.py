@@ -1,4 +1,11 @@
-"""Model families by name; ``build_model`` turns ``config.model`` into an NNX module."""
+"""Model families by name; ``build_model`` turns ``config.model`` into an NNX module.
+
+``config.model.name``: 'vit' (``variant`` like 'B/16' or 'L/2x16') or 'mvit' (``variant``
+like 'MViTv2-S'). Both expose the same spec interface to training: ``grid`` (output tokens,
+where targets and the loss live), ``token_grid`` (input tokens, where mask tokens replace
+embeddings), ``patch_size`` and ``tubelet`` (pixels and frames per output token),
+``image_size``, ``num_frames`` and ``is_video``.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,9 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from maskfeat_jax.models import vit
+from maskfeat_jax.models import mvit, vit
 
-FAMILIES = ("vit",)
+FAMILIES = ("vit", "mvit")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
 
@@ -19,17 +26,29 @@ def compute_dtype(name: str):
 
 
 def model_spec(model: ml_collections.ConfigDict, target_dim: int = 108):
+    common = dict(
+        image_size=model.image_size,
+        num_frames=model.get("num_frames", 1),
+        num_classes=model.get("num_classes", 0),
+        target_dim=target_dim,
+    )
     if model.name == "vit":
         return vit.make_spec(
             model.variant,
-            image_size=model.image_size,
-            num_frames=model.get("num_frames", 1),
-            num_classes=model.get("num_classes", 0),
             width=model.get("width"),
             depth=model.get("depth"),
             num_heads=model.get("num_heads"),
             mlp_dim=model.get("mlp_dim"),
-            target_dim=target_dim,
+            **common,
+        )
+    if model.name == "mvit":
+        return mvit.make_spec(
+            model.variant,
+            embed_dim=model.get("embed_dim"),
+            num_heads=model.get("num_heads"),
+            depth=model.get("depth"),
+            stage_starts=model.get("stage_starts"),
+            **common,
         )
     raise ValueError(f"Unknown config.model.name={model.name!r}; choose one of {FAMILIES}.")
 
@@ -38,9 +57,12 @@ def build_model(
     model: ml_collections.ConfigDict, rngs: nnx.Rngs, target_dim: int = 108
 ) -> nnx.Module:
     spec = model_spec(model, target_dim)
+    dtype = compute_dtype(model.get("dtype", "float32"))
+    if model.name == "mvit":
+        return mvit.MViT(spec, dtype=dtype, remat=model.get("remat", False), rngs=rngs)
     return vit.ViT(
         spec,
-        dtype=compute_dtype(model.get("dtype", "float32")),
+        dtype=dtype,
         scan=model.get("scan", False),
         remat=model.get("remat", False),
         rngs=rngs,

@@ -26,9 +26,10 @@ Dtype = Any
 
 
 def weight_init(stddev: float = 0.02):
-    # +-2 in absolute units, as torch.nn.init.trunc_normal_(std=.02) does.
-    bound = 2.0 / stddev
-    return jax.nn.initializers.truncated_normal(stddev, lower=-bound, upper=bound)
+    # torch.nn.init.trunc_normal_(std=.02) truncates at +-2 in absolute units, i.e. at 100
+    # standard deviations: never. A plain normal is the same distribution and much cheaper
+    # to trace than a truncated one (which matters for 48-block models).
+    return jax.nn.initializers.normal(stddev)
 
 
 def with_axes(init, axes: Sequence[str | None]):
@@ -119,3 +120,103 @@ def merge_heads(x: jax.Array) -> jax.Array:
     """[B, heads, N, hd] -> [B, N, heads*hd] (head-major channels, as PyTorch)."""
     b, h, n, d = x.shape
     return x.transpose(0, 2, 1, 3).reshape(b, n, h * d)
+
+
+def conv_bias_init(fan_in: int, axis_name: str | None):
+    """PyTorch's default Conv bias init U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the reference
+    leaves the patch-embedding bias at it."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return with_axes(init, (axis_name,))
+
+
+def classifier(dim: int, num_classes: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """Fine-tuning head at 1e-3 of the usual init (weight and bias), as the reference recipe."""
+    return nnx.Linear(
+        dim,
+        num_classes,
+        kernel_init=with_axes(
+            lambda k, s, t=jnp.float32: weight_init()(k, s, t) * 1e-3, ("embed", "classes")
+        ),
+        bias_init=with_axes(jax.nn.initializers.zeros, ("classes",)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+class PredictionHead(nnx.Module):
+    """MaskFeat's head: LayerNorm -> Linear(width -> target_dim), init LN 1/0, Linear bias 0
+    (SlowFast ``pred_head.transforms.0.0`` / ``pred_head.projections.0``)."""
+
+    def __init__(self, dim: int, out_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        self.norm = layer_norm(dim, dtype=dtype, rngs=rngs, bias_init=0.0)
+        self.proj = dense(dim, out_dim, ("embed", "target"), dtype=dtype, rngs=rngs, bias_init=0.0)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return at_least_f32(self.proj(self.norm(x)))
+
+
+class MaskFeatModel(nnx.Module):
+    """What the ViT and MViT families share around their encoders: the input check, the
+    mask-token replacement with cls in front, and the two readouts.
+
+    A subclass sets ``spec`` (with ``image_size``, ``num_frames``, ``in_channels``,
+    ``is_video``, ``token_grid``, ``num_classes``, ``target_dim``), ``cls_token``, calls
+    ``_init_heads`` and implements ``encode(x, mask) -> [B, 1+N, D]``."""
+
+    name = "model"
+
+    def _init_heads(self, token_dim: int, out_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
+        """Fine-tuning: ``norm`` + ``head``; pretraining: ``mask_token`` + ``pred_head``."""
+        if self.spec.num_classes:
+            self.norm = layer_norm(out_dim, dtype=dtype, rngs=rngs)
+            self.head = classifier(out_dim, self.spec.num_classes, dtype=dtype, rngs=rngs)
+        else:
+            token_init = with_axes(weight_init(), (None, None, "embed"))
+            self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, token_dim)))
+            self.pred_head = PredictionHead(out_dim, self.spec.target_dim, dtype=dtype, rngs=rngs)
+
+    def _check_input(self, x: jax.Array) -> None:
+        spec = self.spec
+        s = spec.image_size
+        frames = (spec.num_frames,) if spec.is_video else ()
+        want = (*frames, s, s, spec.in_channels)
+        if tuple(x.shape[1:]) != want:
+            layout = "[B, T, H, W, C]" if spec.is_video else "[B, H, W, C]"
+            raise ValueError(
+                f"{self.name} expects input {layout} with per-example shape {want}, got "
+                f"{tuple(x.shape)}. Check config.model.image_size / num_frames and the data."
+            )
+
+    def _mask_and_cls(self, tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """Masked patch embeddings are *replaced* by ``mask_token``; then cls goes in front."""
+        if mask is not None:
+            if self.spec.num_classes:
+                raise ValueError(
+                    "A fine-tuning model (num_classes > 0) has no mask token; pass mask=None."
+                )
+            m = mask.reshape(mask.shape[0], -1, 1).astype(tokens.dtype)
+            if m.shape[1] != tokens.shape[1]:
+                raise ValueError(
+                    f"mask has {m.shape[1]} entries per example but the input gives "
+                    f"{tokens.shape[1]} tokens (grid {self.spec.token_grid}); upsample the "
+                    "mask units to the input token grid first."
+                )
+            tokens = tokens * (1 - m) + self.mask_token[...].astype(tokens.dtype) * m
+        cls = jnp.broadcast_to(
+            self.cls_token[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1])
+        )
+        return jnp.concatenate([cls, tokens], axis=1)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Pretraining: per-output-token predictions [B, N_out, target_dim] (float32), with
+        ``mask`` the token mask on the *input* token grid. Fine-tuning: logits
+        [B, num_classes] (float32) from mean-pooled patch tokens -> norm -> head."""
+        patches = self.encode(x, mask)[:, 1:]
+        if self.spec.num_classes:
+            return at_least_f32(self.head(self.norm(patches.mean(axis=1))))
+        return self.pred_head(patches)

@@ -70,6 +70,11 @@ class ViTSpec:
         return (side, side)
 
     @property
+    def token_grid(self) -> tuple[int, ...]:
+        """Grid where masked embeddings are replaced; for a ViT the same as ``grid``."""
+        return self.grid
+
+    @property
     def num_patches(self) -> int:
         return math.prod(self.grid)
 
@@ -124,8 +129,6 @@ class PatchEmbed(nnx.Module):
             kernel = (spec.tubelet, spec.patch_size, spec.patch_size)
         else:
             kernel = (spec.patch_size, spec.patch_size)
-        fan_in = spec.in_channels * math.prod(kernel)
-        bound = 1.0 / math.sqrt(fan_in)  # PyTorch's default Conv bias init
         self.proj = nnx.Conv(
             spec.in_channels,
             spec.width,
@@ -135,12 +138,7 @@ class PatchEmbed(nnx.Module):
             kernel_init=layers.with_axes(
                 layers.weight_init(), (None,) * (len(kernel) + 1) + ("embed",)
             ),
-            bias_init=layers.with_axes(
-                lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-                    key, shape, dtype, -bound, bound
-                ),
-                ("embed",),
-            ),
+            bias_init=layers.conv_bias_init(spec.in_channels * math.prod(kernel), "embed"),
             dtype=dtype,
             param_dtype=jnp.float32,
             rngs=rngs,
@@ -179,20 +177,7 @@ class Block(nnx.Module):
         return x + self.mlp(self.norm2(x))
 
 
-class PredictionHead(nnx.Module):
-    """MaskFeat's head: LayerNorm -> Linear(width -> target_dim), init LN 1/0, Linear bias 0."""
-
-    def __init__(self, dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs):
-        self.norm = layers.layer_norm(dim, dtype=dtype, rngs=rngs, bias_init=0.0)
-        self.proj = layers.dense(
-            dim, out_dim, ("embed", "target"), dtype=dtype, rngs=rngs, bias_init=0.0
-        )
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return layers.at_least_f32(self.proj(self.norm(x)))
-
-
-class ViT(nnx.Module):
+class ViT(layers.MaskFeatModel):
     """ViT encoder with the MaskFeat pretraining head or a mean-pooling classification head.
 
     Args:
@@ -201,6 +186,8 @@ class ViT(nnx.Module):
       scan: stack the blocks and run them with ``nnx.scan`` (faster compiles for deep models).
       remat: rematerialise each block in the backward pass (saves activation memory).
     """
+
+    name = "ViT"
 
     def __init__(
         self,
@@ -232,45 +219,11 @@ class ViT(nnx.Module):
         else:
             self.blocks = nnx.List([make_block(rngs) for _ in range(spec.depth)])
 
-        if spec.num_classes:
-            self.norm = layers.layer_norm(d, dtype=dtype, rngs=rngs)
-            # Classifier at 1e-3 of the usual init, as the reference fine-tuning recipe does.
-            self.head = nnx.Linear(
-                d,
-                spec.num_classes,
-                kernel_init=layers.with_axes(
-                    lambda k, s, t=jnp.float32: layers.weight_init()(k, s, t) * 1e-3,
-                    ("embed", "classes"),
-                ),
-                bias_init=layers.with_axes(jax.nn.initializers.zeros, ("classes",)),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                rngs=rngs,
-            )
-        else:
-            self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
-            self.pred_head = PredictionHead(d, spec.target_dim, dtype=dtype, rngs=rngs)
+        self._init_heads(d, d, dtype=dtype, rngs=rngs)
 
     def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Patch embedding, mask-token replacement, cls and position embedding: [B, 1+N, D]."""
-        tokens = self.patch_embed(x.astype(self.dtype))
-        if mask is not None:
-            if self.spec.num_classes:
-                raise ValueError(
-                    "A fine-tuning model (num_classes > 0) has no mask token; pass mask=None."
-                )
-            m = mask.reshape(mask.shape[0], -1, 1).astype(tokens.dtype)
-            if m.shape[1] != tokens.shape[1]:
-                raise ValueError(
-                    f"mask has {m.shape[1]} entries per example but the input gives "
-                    f"{tokens.shape[1]} tokens (grid {self.spec.grid}); upsample the mask "
-                    "units to the token grid first."
-                )
-            tokens = tokens * (1 - m) + self.mask_token[...].astype(tokens.dtype) * m
-        cls = jnp.broadcast_to(
-            self.cls_token[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1])
-        )
-        tokens = jnp.concatenate([cls, tokens], axis=1)
+        tokens = self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
         return tokens + self.pos_embed[...].astype(tokens.dtype)
 
     def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
@@ -291,26 +244,3 @@ class ViT(nnx.Module):
         for block in self.blocks:
             h = apply_block(block, h)
         return h
-
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """Pretraining: per-token predictions [B, N, target_dim] (float32).
-        Fine-tuning: logits [B, num_classes] (float32)."""
-        h = self.encode(x, mask)
-        patches = h[:, 1:]
-        if self.spec.num_classes:
-            pooled = self.norm(patches.mean(axis=1))
-            return layers.at_least_f32(self.head(pooled))
-        return self.pred_head(patches)
-
-    def _check_input(self, x: jax.Array) -> None:
-        spec = self.spec
-        s = spec.image_size
-        want = (
-            (spec.num_frames, s, s, spec.in_channels) if spec.is_video else (s, s, spec.in_channels)
-        )
-        if tuple(x.shape[1:]) != want:
-            layout = "[B, T, H, W, C]" if spec.is_video else "[B, H, W, C]"
-            raise ValueError(
-                f"ViT expects input {layout} with per-example shape {want}, got {tuple(x.shape)}. "
-                "Check config.model.image_size / num_frames and the data pipeline."
-            )

@@ -1,0 +1,472 @@
+"""MViTv2 (multiscale vision transformer) as MaskFeat uses it, for video and images (T = 1).
+
+Semantics are SlowFast's ``MViT`` / ``MaskMViT`` with the MaskFeat K400 configs, which the
+generic ``torchvision.models.video.mvit.MViT`` class reproduces with ``proj_after_attn=False,
+residual_pool=True, residual_with_cls_embed=False, rel_pos_embed=True``:
+
+  Conv3d patch embedding k(3,7,7) s(2,4,4) p(1,3,3) -> replace masked embeddings by
+  ``mask_token`` -> prepend ``cls_token`` (no absolute position embedding) -> blocks ->
+  pretraining: ``pred_head`` (LN -> Linear(dim -> 108)) on the patch tokens;
+  fine-tuning: mean over patch tokens -> ``norm`` -> ``head``.
+
+Each block (``DIM_MUL_IN_ATT=False``)::
+
+  xn = norm1(x); a = attn(xn)                   # pooling attention, below
+  x = maxpool_skip(x) + a                       # -inf padded, cls not pooled
+  xn2 = norm2(x)
+  x = (proj(xn2) if dim != dim_out else x) + mlp(xn2)   # channels grow in the MLP
+
+Pooling attention: fused qkv; q, k and v each go through a depthwise Conv3d (weights shared
+by the heads, explicit zero padding kernel//2, no bias) on the patch tokens, then LayerNorm
+over the head dim on all tokens including cls; logits (q * hd^-0.5) k^T plus decomposed
+relative-position terms (t, h, w) from the *unscaled* pooled q, leaving cls rows/columns
+alone; softmax; @ v; residual pooling ``x[:, :, 1:] += q[:, :, 1:]``; proj.
+
+Stages: heads double at each stage's first block, channels double in the block before it
+(its MLP and shortcut projection), q is pooled with stride (1,2,2) at stage starts and kv
+with an adaptive stride that starts at (1,8,8) and is divided by every q stride. The
+pretraining form drops the q stride of the last stage so the output stays at 1/16 of the
+input (14 x 14 for 224 px): one 108-d HOG target per output token.
+
+Parameter paths follow SlowFast's keys: ``patch_embed/proj``, ``cls_token``, ``mask_token``,
+``blocks/<i>/{norm1, attn/{qkv, proj, pool_q, pool_k, pool_v, norm_q, norm_k, norm_v,
+rel_pos_h, rel_pos_w, rel_pos_t}, norm2, mlp/{fc1, fc2}, proj}``, ``pred_head/{norm, proj}``,
+``norm``, ``head``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskfeat_jax.models import layers
+
+Triple = tuple[int, int, int]
+
+# name -> (embed_dim, num_heads, depth, stage starts); MaskFeat's MViTv2 16x4 settings
+# (SlowFast configs/masked_ssl/k400_MVITv2_{S,L}_16x4_MaskFeat_PT.yaml; B from MVITv2_B).
+VARIANTS: dict[str, tuple[int, int, int, tuple[int, ...]]] = {
+    "S": (96, 1, 16, (1, 3, 14)),
+    "B": (96, 1, 24, (2, 5, 21)),
+    "L": (144, 2, 48, (2, 8, 44)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One block's shapes, as the reference derives them from the stage settings."""
+
+    dim: int
+    dim_out: int
+    num_heads: int
+    q_stride: Triple
+    kv_stride: Triple
+    kernel: Triple  # depthwise pooling kernel for q, k and v
+    input_thw: Triple
+    output_thw: Triple
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def kv_thw(self) -> Triple:
+        return _pooled_size(self.input_thw, self.kv_stride)
+
+    @property
+    def rel_pos_spatial(self) -> int:
+        """Rows of rel_pos_h / rel_pos_w: 2 * max(q size, kv size) - 1 (reference formula)."""
+        size = max(self.input_thw[1:])
+        q_size = size // self.q_stride[1]
+        kv_size = size // self.kv_stride[1]
+        return 2 * max(q_size, kv_size) - 1
+
+    @property
+    def rel_pos_temporal(self) -> int:
+        return 2 * self.input_thw[0] - 1
+
+    @property
+    def skip_kernel(self) -> Triple:
+        """Max-pool skip kernel: s + 1 where the q stride s > 1, else s."""
+        return tuple(s + 1 if s > 1 else s for s in self.q_stride)
+
+    @property
+    def pools_q(self) -> bool:
+        return math.prod(self.q_stride) > 1
+
+
+def _pooled_size(thw: Sequence[int], stride: Sequence[int]) -> Triple:
+    # A kernel-3 conv (or kernel s+1 max-pool) with padding k//2 gives ceil(n / s) outputs.
+    return tuple(-(-n // s) for n, s in zip(thw, stride))
+
+
+@dataclasses.dataclass(frozen=True)
+class MViTSpec:
+    """Everything that fixes the architecture (and so the parameter shapes)."""
+
+    embed_dim: int
+    num_heads: int
+    depth: int
+    stage_starts: tuple[int, ...]
+    image_size: int = 224
+    num_frames: int = 16  # 1 = images (a T = 1 clip, as torchvision's MViT treats 4-D input)
+    in_channels: int = 3
+    patch_kernel: Triple = (3, 7, 7)
+    patch_stride: Triple = (2, 4, 4)
+    patch_padding: Triple = (1, 3, 3)
+    pool_kernel: Triple = (3, 3, 3)
+    q_stride: Triple = (1, 2, 2)
+    kv_stride: Triple = (1, 8, 8)  # adaptive: divided by each q stride on the way
+    mlp_ratio: float = 4.0
+    pool_last_stage: bool = False  # False: pretraining form (last stage keeps 1/16)
+    num_classes: int = 0  # >0: fine-tuning head (mean pool -> norm -> head)
+    target_dim: int = 108  # pretraining head output per token
+
+    @property
+    def is_video(self) -> bool:
+        return self.num_frames > 1
+
+    @property
+    def embed_thw(self) -> Triple:
+        """Token grid after the patch embedding (t, h, w)."""
+        size = (self.num_frames, self.image_size, self.image_size)
+        return tuple(
+            (n + 2 * p - k) // s + 1
+            for n, k, s, p in zip(size, self.patch_kernel, self.patch_stride, self.patch_padding)
+        )
+
+    def q_strides(self) -> list[Triple]:
+        pooled = self.stage_starts if self.pool_last_stage else self.stage_starts[:-1]
+        return [self.q_stride if i in pooled else (1, 1, 1) for i in range(self.depth)]
+
+    def blocks(self) -> list[BlockSpec]:
+        out = []
+        dim, heads = self.embed_dim, self.num_heads
+        kv = self.kv_stride
+        thw = self.embed_thw
+        for i, q in enumerate(self.q_strides()):
+            if i in self.stage_starts:
+                heads *= 2
+            dim_out = dim * 2 if (i + 1) in self.stage_starts else dim
+            kv = tuple(max(s // qs, 1) for s, qs in zip(kv, q))
+            out_thw = _pooled_size(thw, q)
+            out.append(BlockSpec(dim, dim_out, heads, q, kv, self.pool_kernel, thw, out_thw))
+            dim, thw = dim_out, out_thw
+        return out
+
+    @property
+    def out_dim(self) -> int:
+        return self.blocks()[-1].dim_out
+
+    def _output_thw(self) -> Triple:
+        return self.blocks()[-1].output_thw
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """Output token grid (where the targets and the loss live): (t, h, w) or (h, w)."""
+        thw = self._output_thw()
+        return thw if self.is_video else thw[1:]
+
+    @property
+    def token_grid(self) -> tuple[int, ...]:
+        """Input token grid (where masked embeddings are replaced)."""
+        return self.embed_thw if self.is_video else self.embed_thw[1:]
+
+    @property
+    def patch_size(self) -> int:
+        """Pixels per output token side: the HOG target's patch size."""
+        return self.image_size // self._output_thw()[1]
+
+    @property
+    def tubelet(self) -> int:
+        """Frames per output token: targets come from frames 0, tubelet, 2 tubelet, ..."""
+        return self.num_frames // self._output_thw()[0] if self.is_video else 1
+
+    @property
+    def num_patches(self) -> int:
+        return math.prod(self.grid)
+
+
+def parse_variant(variant: str) -> dict[str, Any]:
+    """'MViTv2-S' (or 'S') -> embed_dim / num_heads / depth / stage_starts."""
+    match = re.fullmatch(r"(?:MViTv2-)?(S|B|L)", variant)
+    if not match:
+        raise ValueError(
+            f"Unknown MViT variant {variant!r}; use one of "
+            f"{[f'MViTv2-{k}' for k in VARIANTS]} (or the bare size letter)."
+        )
+    embed, heads, depth, starts = VARIANTS[match.group(1)]
+    return dict(embed_dim=embed, num_heads=heads, depth=depth, stage_starts=starts)
+
+
+_IMAGE_DEFAULTS = dict(
+    patch_kernel=(1, 7, 7), patch_stride=(1, 4, 4), patch_padding=(0, 3, 3), pool_kernel=(1, 3, 3)
+)
+
+
+def make_spec(variant: str, **overrides: Any) -> MViTSpec:
+    """A spec from a variant name; explicit overrides (e.g. a small model for tests) win.
+
+    ``pool_last_stage`` defaults to the fine-tuning form when ``num_classes > 0`` and to the
+    pretraining form otherwise."""
+    fields = parse_variant(variant)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("stage_starts", "patch_kernel", "patch_stride", "patch_padding", "pool_kernel"):
+        if key in fields:
+            fields[key] = tuple(int(v) for v in fields[key])
+    for key in ("q_stride", "kv_stride"):
+        if key in fields:
+            fields[key] = tuple(int(v) for v in fields[key])
+    fields.setdefault("pool_last_stage", bool(fields.get("num_classes")))
+    if fields.get("num_frames") == 1:
+        # Images: the reference's 2-D form, i.e. no temporal extent in any kernel or stride.
+        for key, value in _IMAGE_DEFAULTS.items():
+            fields.setdefault(key, value)
+    spec = MViTSpec(**fields)
+    _check_spec(spec)
+    return spec
+
+
+def _check_spec(spec: MViTSpec) -> None:
+    starts = spec.stage_starts
+    if list(starts) != sorted(set(starts)) or (starts and not 0 < starts[0] < spec.depth):
+        raise ValueError(
+            f"stage_starts {starts} must be increasing block indices in 1..depth-1 "
+            f"(depth {spec.depth})."
+        )
+    if starts and starts[-1] >= spec.depth:
+        raise ValueError(f"stage_starts {starts} go past depth {spec.depth}.")
+    if spec.is_video and spec.num_frames % spec.patch_stride[0]:
+        raise ValueError(
+            f"num_frames {spec.num_frames} is not a multiple of the temporal patch stride "
+            f"{spec.patch_stride[0]}; use e.g. {spec.num_frames - spec.num_frames % 2 or 2}."
+        )
+    _, h, w = spec.embed_thw
+    spatial = spec.patch_stride[1] * math.prod(q[1] for q in spec.q_strides())
+    kv = spec.kv_stride[1]
+    need = spec.patch_stride[1] * max(spatial // spec.patch_stride[1], kv)
+    if spec.image_size % need or spec.image_size != h * spec.patch_stride[1]:
+        raise ValueError(
+            f"image_size {spec.image_size} must be a multiple of {need} (patch stride x the "
+            "larger of the q-pooling and kv-pooling strides) so every pooled grid is exact; "
+            f"use e.g. {max(need, spec.image_size // need * need)}."
+        )
+    for b in spec.blocks():
+        if b.dim % b.num_heads:
+            raise ValueError(f"block dim {b.dim} is not divisible by {b.num_heads} heads.")
+
+
+def _depthwise_pool(dim: int, kernel: Triple, stride: Triple, *, dtype, rngs) -> nnx.Conv:
+    """Depthwise Conv3d over [B*heads, T, H, W, hd], no bias, explicit zero padding k//2."""
+    return nnx.Conv(
+        dim,
+        dim,
+        kernel_size=kernel,
+        strides=stride,
+        padding=[(k // 2, k // 2) for k in kernel],
+        feature_group_count=dim,
+        use_bias=False,
+        kernel_init=layers.with_axes(layers.weight_init(), (None, None, None, None, None)),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+def relative_index(q_size: int, k_size: int) -> np.ndarray:
+    """Table row for each (query, key) offset along one axis, as the reference computes it
+    (float32 arithmetic, truncated): q_i * max(k/q, 1) - (k_j + 1 - K) * max(q/k, 1)."""
+    q_ratio = np.float32(max(k_size / q_size, 1.0))
+    k_ratio = np.float32(max(q_size / k_size, 1.0))
+    q_idx = np.arange(q_size, dtype=np.float32)[:, None] * q_ratio
+    k_idx = (np.arange(k_size, dtype=np.float32)[None, :] + np.float32(1.0 - k_size)) * k_ratio
+    return (q_idx - k_idx).astype(np.int64)
+
+
+def resize_rel_pos(table: jax.Array | np.ndarray, length: int):
+    """Linear interpolation of a relative-position table to ``length`` rows, as PyTorch's
+    ``F.interpolate(mode='linear', align_corners=False)`` (no antialiasing): what the
+    reference loaders do when a table's size changes between pretraining and fine-tuning."""
+    n = table.shape[0]
+    if n == length:
+        return table
+    scale = n / length
+    src = np.maximum((np.arange(length) + 0.5) * scale - 0.5, 0.0)
+    lo = np.minimum(np.floor(src).astype(np.int64), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    frac = (src - lo)[:, None].astype(table.dtype)
+    return table[lo] * (1 - frac) + table[hi] * frac
+
+
+class MultiScaleAttention(nnx.Module):
+    def __init__(self, block: BlockSpec, *, dtype, rngs: nnx.Rngs):
+        dim, hd = block.dim, block.head_dim
+        self.block = block
+        self.scale = hd**-0.5
+        rel_init = layers.with_axes(layers.weight_init(), (None, None))
+        self.rel_pos_h = nnx.Param(rel_init(rngs.params(), (block.rel_pos_spatial, hd)))
+        self.rel_pos_w = nnx.Param(rel_init(rngs.params(), (block.rel_pos_spatial, hd)))
+        self.rel_pos_t = nnx.Param(rel_init(rngs.params(), (block.rel_pos_temporal, hd)))
+        self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.proj = layers.dense(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
+        kernel = block.kernel
+        self.pool_q = _depthwise_pool(hd, kernel, block.q_stride, dtype=dtype, rngs=rngs)
+        self.pool_k = _depthwise_pool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
+        self.pool_v = _depthwise_pool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
+        self.norm_q = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
+        self.norm_k = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
+        self.norm_v = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
+
+    @staticmethod
+    def _pool(x: jax.Array, thw: Triple, conv: nnx.Conv, norm: nnx.LayerNorm):
+        """[B, heads, 1+N, hd] -> pooled patch tokens, cls kept, LayerNorm on all tokens."""
+        b, h, _, d = x.shape
+        cls, tokens = x[:, :, :1], x[:, :, 1:]
+        pooled = conv(tokens.reshape(b * h, *thw, d))
+        new_thw = tuple(pooled.shape[1:4])
+        pooled = pooled.reshape(b, h, -1, d)
+        return norm(jnp.concatenate([cls, pooled], axis=2)), new_thw
+
+    def _rel_pos_bias(self, q: jax.Array, q_thw: Triple, k_thw: Triple) -> jax.Array:
+        """Decomposed relative-position logits [B, heads, 1+Nq, 1+Nk] (zero for cls)."""
+        b, h, _, d = q.shape
+        tables = (self.rel_pos_t[...], self.rel_pos_h[...], self.rel_pos_w[...])
+        r = [t[relative_index(qs, ks)].astype(q.dtype) for t, qs, ks in zip(tables, q_thw, k_thw)]
+        rq = q[:, :, 1:].reshape(b, h, *q_thw, d)
+        rel_t = jnp.einsum("bntyxc,tkc->bntyxk", rq, r[0])
+        rel_h = jnp.einsum("bntyxc,ykc->bntyxk", rq, r[1])
+        rel_w = jnp.einsum("bntyxc,xkc->bntyxk", rq, r[2])
+        bias = (
+            rel_t[..., :, None, None] + rel_h[..., None, :, None] + rel_w[..., None, None, :]
+        ).reshape(b, h, math.prod(q_thw), math.prod(k_thw))
+        return jnp.pad(bias, ((0, 0), (0, 0), (1, 0), (1, 0)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        thw = self.block.input_thw
+        q, k, v = layers.split_heads(self.qkv(x), self.block.num_heads)
+        k, k_thw = self._pool(k, thw, self.pool_k, self.norm_k)
+        v, _ = self._pool(v, thw, self.pool_v, self.norm_v)
+        q, q_thw = self._pool(q, thw, self.pool_q, self.norm_q)
+        logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
+        logits = logits + self._rel_pos_bias(q, q_thw, k_thw)
+        weights = jax.nn.softmax(layers.at_least_f32(logits), axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        # Residual pooling: the pooled q is added back to the patch tokens (not cls).
+        out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + q[:, :, 1:]], axis=2)
+        return self.proj(layers.merge_heads(out))
+
+
+def _max_pool_skip(x: jax.Array, block: BlockSpec) -> jax.Array:
+    """Max-pools the patch tokens of the residual stream ([B, 1+N, C]); -inf padding."""
+    b, _, c = x.shape
+    tokens = x[:, 1:].reshape(b, *block.input_thw, c)
+    kernel = block.skip_kernel
+    pooled = jax.lax.reduce_window(
+        tokens,
+        -jnp.inf,  # a literal init value makes this the differentiable max-pool primitive
+        jax.lax.max,
+        (1, *kernel, 1),
+        (1, *block.q_stride, 1),
+        [(0, 0)] + [(k // 2, k // 2) for k in kernel] + [(0, 0)],
+    )
+    return jnp.concatenate([x[:, :1], pooled.reshape(b, -1, c)], axis=1)
+
+
+class MultiScaleBlock(nnx.Module):
+    def __init__(self, block: BlockSpec, mlp_ratio: float, *, dtype, rngs: nnx.Rngs):
+        self.block = block
+        self.norm1 = layers.layer_norm(block.dim, dtype=dtype, rngs=rngs)
+        self.attn = MultiScaleAttention(block, dtype=dtype, rngs=rngs)
+        self.norm2 = layers.layer_norm(block.dim, dtype=dtype, rngs=rngs)
+        self.mlp = layers.Mlp(
+            block.dim, int(block.dim * mlp_ratio), block.dim_out, dtype=dtype, rngs=rngs
+        )
+        if block.dim != block.dim_out:
+            self.proj = layers.dense(
+                block.dim, block.dim_out, ("embed", "embed"), dtype=dtype, rngs=rngs
+            )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        attended = self.attn(self.norm1(x))
+        skip = _max_pool_skip(x, self.block) if self.block.pools_q else x
+        x = skip + attended
+        xn = self.norm2(x)
+        shortcut = self.proj(xn) if self.block.dim != self.block.dim_out else x
+        return shortcut + self.mlp(xn)
+
+
+class PatchEmbed(nnx.Module):
+    """Overlapping Conv3d k(3,7,7) s(2,4,4) p(1,3,3) (PyTorch ``patch_embed.proj``)."""
+
+    def __init__(self, spec: MViTSpec, *, dtype, rngs: nnx.Rngs):
+        kernel = spec.patch_kernel
+        self.proj = nnx.Conv(
+            spec.in_channels,
+            spec.embed_dim,
+            kernel_size=kernel,
+            strides=spec.patch_stride,
+            padding=[(p, p) for p in spec.patch_padding],
+            kernel_init=layers.with_axes(layers.weight_init(), (None, None, None, None, "embed")),
+            bias_init=layers.conv_bias_init(spec.in_channels * math.prod(kernel), "embed"),
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=rngs,
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.proj(x)
+        return y.reshape(y.shape[0], -1, y.shape[-1])
+
+
+class MViT(layers.MaskFeatModel):
+    """MViTv2 encoder with the MaskFeat pretraining head or a mean-pooling classifier.
+
+    Input: clips [B, T, H, W, C] (video) or images [B, H, W, C] (``num_frames=1``).
+
+    Args:
+      spec: architecture.
+      dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
+      remat: rematerialise each block in the backward pass (saves activation memory).
+    """
+
+    name = "MViT"
+
+    def __init__(self, spec: MViTSpec, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+        self.spec = spec
+        self.dtype = dtype
+        self.remat = remat
+        d = spec.embed_dim
+        token_init = layers.with_axes(layers.weight_init(), (None, None, "embed"))
+        self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
+        self.cls_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
+        self.blocks = nnx.List(
+            [MultiScaleBlock(b, spec.mlp_ratio, dtype=dtype, rngs=rngs) for b in spec.blocks()]
+        )
+        self._init_heads(d, spec.out_dim, dtype=dtype, rngs=rngs)
+
+    def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """Patch embedding, mask-token replacement and cls: [B, 1+N, D]."""
+        if not self.spec.is_video:
+            x = x[:, None]
+        return self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
+
+    def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        """All output tokens of the last block, cls first: [B, 1 + prod(output grid), D_out]."""
+        self._check_input(x)
+        h = self.embed(x, mask)
+
+        def apply_block(block: MultiScaleBlock, y: jax.Array) -> jax.Array:
+            return block(y)
+
+        if self.remat:
+            apply_block = nnx.remat(apply_block)
+        for block in self.blocks:
+            h = apply_block(block, h)
+        return h

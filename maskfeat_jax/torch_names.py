@@ -1,0 +1,227 @@
+"""Parameter names and layouts between our models and PyTorch state dicts.
+
+A mapping is a list of module-path renames (regular expressions on our '/'-joined path)
+plus per-leaf layout rules that are the same for every PyTorch target:
+
+  Linear ``kernel`` [in, out]            <-> ``weight`` [out, in]
+  Conv ``kernel`` [*spatial, in, out]    <-> ``weight`` [out, in, *spatial]
+  LayerNorm ``scale``                    <-> ``weight``
+  ``bias`` and direct parameters (``cls_token``, ``rel_pos_h`` ...) keep their layout,
+  except where a naming squeezes a token to [C] (torchvision's ``class_token``).
+
+Our paths already follow SlowFast's keys, so each naming is a short list of renames.
+Parameters a target has no place for (e.g. ``mask_token`` and ``pred_head`` in torchvision's
+classifier) are returned separately rather than dropped silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Naming:
+    """How one PyTorch code base names a model family's parameters."""
+
+    name: str
+    renames: tuple[tuple[str, str], ...]  # (regex on our module path, replacement)
+    squeeze_tokens: tuple[str, ...] = ()  # our names stored as [C] instead of [1, 1, C]
+    unsupported: tuple[str, ...] = ()  # regexes of our paths the target has no place for
+
+
+TORCHVISION_MVIT = Naming(
+    name="torchvision",
+    renames=(
+        (r"^patch_embed/proj$", "conv_proj"),
+        (r"^cls_token$", "pos_encoding.class_token"),
+        (r"^blocks/(\d+)/attn/proj$", r"blocks.\1.attn.project.0"),
+        (r"^blocks/(\d+)/attn/pool_([qkv])$", r"blocks.\1.attn.pool_\2.pool"),
+        (r"^blocks/(\d+)/attn/norm_([qkv])$", r"blocks.\1.attn.pool_\2.norm_act.0"),
+        (r"^blocks/(\d+)/mlp/fc1$", r"blocks.\1.mlp.0"),
+        (r"^blocks/(\d+)/mlp/fc2$", r"blocks.\1.mlp.3"),
+        (r"^blocks/(\d+)/proj$", r"blocks.\1.project"),
+        (r"^head$", "head.1"),
+    ),
+    squeeze_tokens=("cls_token",),
+    unsupported=(r"^mask_token$", r"^pred_head/"),
+)
+
+NAMINGS = {"torchvision_mvit": TORCHVISION_MVIT}
+
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+
+
+def flat_params(tree: Any) -> dict[str, np.ndarray]:
+    """Model (or nnx state) -> {'blocks/0/attn/qkv/kernel': array, ...} of its Params.
+
+    An abstract model (``nnx.eval_shape``) gives ``jax.ShapeDtypeStruct`` values."""
+    state = nnx.state(tree, nnx.Param) if isinstance(tree, nnx.Module) else tree
+
+    def value(v):
+        v = v.get_value()
+        return v if isinstance(v, jax.ShapeDtypeStruct) else np.asarray(jax.device_get(v))
+
+    return {"/".join(map(str, path)): value(v) for path, v in nnx.to_flat_state(state)}
+
+
+def _torch_key(path: str, naming: Naming) -> tuple[str, str] | None:
+    """Our path -> (torch key, leaf kind); None if the target has no such parameter."""
+    if any(re.search(p, path) for p in naming.unsupported):
+        return None
+    module, _, leaf = path.rpartition("/")
+    if leaf in _LEAF_NAMES and module:
+        kind, torch_leaf = leaf, _LEAF_NAMES[leaf]
+    else:  # a direct parameter such as cls_token or blocks/3/attn/rel_pos_h
+        module, torch_leaf, kind = path, "", "direct"
+    for pattern, replacement in naming.renames:
+        if re.search(pattern, module):
+            module = re.sub(pattern, replacement, module)
+            break
+    else:
+        module = module.replace("/", ".")
+    return (f"{module}.{torch_leaf}" if torch_leaf else module), kind
+
+
+def _to_torch_layout(x: np.ndarray, kind: str, path: str, naming: Naming) -> np.ndarray:
+    if kind == "kernel":
+        # [*spatial, in, out] -> [out, in, *spatial]; for a Linear just the transpose.
+        return np.ascontiguousarray(np.moveaxis(x, (-1, -2), (0, 1)))
+    if kind == "direct" and path in naming.squeeze_tokens:
+        return x.reshape(x.shape[-1])
+    return x
+
+
+def _from_torch_layout(
+    x: np.ndarray, kind: str, path: str, naming: Naming, like: tuple[int, ...]
+) -> np.ndarray:
+    if kind == "kernel" and x.ndim >= 2:
+        return np.moveaxis(x, (0, 1), (-1, -2))
+    if kind == "direct" and path in naming.squeeze_tokens and x.shape == like[-1:]:
+        return x.reshape(like)
+    return x
+
+
+def to_torch(flat: Mapping[str, np.ndarray], naming: Naming) -> tuple[dict, dict]:
+    """Our flat params -> (torch-named arrays, our params the target has no place for)."""
+    out, left = {}, {}
+    for path, value in flat.items():
+        key = _torch_key(path, naming)
+        if key is None:
+            left[path] = value
+            continue
+        out[key[0]] = _to_torch_layout(np.asarray(value), key[1], path, naming)
+    return out, left
+
+
+class MappingError(ValueError):
+    """A PyTorch state dict does not fit the model; the message lists every problem."""
+
+
+def from_torch(
+    state_dict: Mapping[str, Any],
+    template: Mapping[str, np.ndarray],
+    naming: Naming,
+    *,
+    allow_missing: tuple[str, ...] = (),
+) -> tuple[dict[str, np.ndarray], list[str]]:
+    """A torch-named state dict -> our flat params shaped like ``template``.
+
+    Returns (params, torch keys that were not used). Parameters of ours the target has no
+    place for (``naming.unsupported``) and paths matching ``allow_missing`` keep the
+    template's values. Any missing key or shape mismatch raises one error listing them all.
+    """
+    arrays = {k: _as_numpy(v) for k, v in state_dict.items()}
+    out: dict[str, np.ndarray] = {}
+    problems: list[str] = []
+    used: set[str] = set()
+    for path, like in template.items():
+        key = _torch_key(path, naming)
+        if key is None or any(re.search(p, path) for p in allow_missing):
+            out[path] = like  # keeps the template's value
+            if key is not None and key[0] in arrays:
+                used.add(key[0])
+            continue
+        name, kind = key
+        if name not in arrays:
+            problems.append(f"missing {name} (for {path}, shape {tuple(like.shape)})")
+            continue
+        used.add(name)
+        shape = tuple(like.shape)
+        value = _from_torch_layout(arrays[name], kind, path, naming, shape)
+        if value.shape != shape:
+            problems.append(
+                f"{name}: shape {tuple(arrays[name].shape)} does not fit {path} {shape}"
+            )
+            continue
+        out[path] = value.astype(like.dtype)
+    if problems:
+        raise MappingError(
+            f"{len(problems)} parameter(s) do not fit the {naming.name} naming:\n  "
+            + "\n  ".join(problems)
+        )
+    return out, sorted(set(arrays) - used)
+
+
+def _as_numpy(v: Any) -> np.ndarray:
+    if hasattr(v, "detach"):  # a torch tensor, without importing torch here
+        v = v.detach().cpu().numpy()
+    return np.asarray(v)
+
+
+def load_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray], dtype=None) -> None:
+    """Writes flat params (same paths and shapes as the model's) into the model in place.
+
+    Works on an abstract model from ``nnx.eval_shape`` too (no initialisation needed).
+    ``dtype`` overrides the parameters' dtype (e.g. float64 for parity checks)."""
+    state = nnx.state(model, nnx.Param)
+    problems = []
+    for path, var in nnx.to_flat_state(state):
+        key = "/".join(map(str, path))
+        current = var.get_value()
+        if key not in flat:
+            problems.append(f"missing {key}")
+            continue
+        value = np.asarray(flat[key])
+        if value.shape != tuple(current.shape):
+            problems.append(f"{key}: shape {value.shape} != {tuple(current.shape)}")
+            continue
+        var.set_value(jax.numpy.asarray(value, dtype or current.dtype))
+    if problems:
+        raise MappingError(f"{len(problems)} parameter(s) do not fit:\n  " + "\n  ".join(problems))
+    nnx.update(model, state)
+
+
+def torchvision_mvit_kwargs(spec) -> dict[str, Any]:
+    """Arguments of ``torchvision.models.video.mvit.MViT`` that rebuild our MViT exactly
+    (``block_setting`` as dicts of ``MSBlockConfig`` fields)."""
+    blocks = [
+        dict(
+            num_heads=b.num_heads,
+            input_channels=b.dim,
+            output_channels=b.dim_out,
+            kernel_q=list(b.kernel),
+            kernel_kv=list(b.kernel),
+            stride_q=list(b.q_stride),
+            stride_kv=list(b.kv_stride),
+        )
+        for b in spec.blocks()
+    ]
+    return dict(
+        spatial_size=(spec.image_size, spec.image_size),
+        temporal_size=spec.num_frames,
+        block_setting=blocks,
+        residual_pool=True,
+        residual_with_cls_embed=False,
+        rel_pos_embed=True,
+        proj_after_attn=False,
+        num_classes=spec.num_classes or 400,
+        patch_embed_kernel=tuple(spec.patch_kernel),
+        patch_embed_stride=tuple(spec.patch_stride),
+        patch_embed_padding=tuple(spec.patch_padding),
+    )
