@@ -121,7 +121,7 @@ def measure_train(
         tv.zero_grad(set_to_none=True)
         value = ref.torchvision_mvit_tokens(tv, xt).pow(2).mean()
         value.backward()
-        return float(value)
+        return value.item()
 
     losses = (run_jax(), run_torch())  # same weights, same batch: the same loss
     for _ in range(warmup - 1):

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import demo, in1k_vit_b_pretrain, in1k_vit_l_pretrain
+from configs import (
+    demo,
+    demo_video,
+    in1k_vit_b_pretrain,
+    in1k_vit_l_pretrain,
+    k400_mvitv2_l_pretrain,
+    k400_mvitv2_s_pretrain,
+)
 from maskfeat_jax import train
 from maskfeat_jax.models import vit
 
@@ -81,14 +88,14 @@ def test_missing_data_dir_names_the_flag():
         images.iterator_from_config(c, image_size=224, mask_grid=(14, 14), per_host_batch=8)
 
 
-def run_main(workdir, *overrides, **env):
+def run_main(workdir, *overrides, config="configs/demo.py:smoke", **env):
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "maskfeat_jax.main",
             "--config",
-            "configs/demo.py:smoke",
+            config,
             "--workdir",
             str(workdir),
             *overrides,
@@ -122,3 +129,57 @@ def test_demo_config_is_small_and_uses_the_embedded_photos():
     c = demo.get_config()
     assert c.input.dataset == "embedded" and c.total_steps == 300
     assert c.model.image_size % 16 == 0
+
+
+@pytest.mark.parametrize(
+    "module,variant,params,epochs",
+    [
+        (k400_mvitv2_s_pretrain, "MViTv2-S", 36_253_356, 300),
+        (k400_mvitv2_l_pretrain, "MViTv2-L", 217_247_580, 800),
+    ],
+)
+def test_k400_configs_carry_the_reference_recipe(module, variant, params, epochs):
+    c = module.get_config()
+    assert (c.model.name, c.model.variant, c.model.image_size, c.model.num_frames) == (
+        "mvit",
+        variant,
+        224,
+        16,
+    )
+    assert c.input.batch_size == 512 and c.total_epochs == epochs
+    assert c.input.scale == (0.5, 1.0) and c.input.ratio == (3 / 4, 4 / 3) and c.input.hflip
+    assert tuple(c.input.mean) == (0.45,) * 3 and tuple(c.input.std) == (0.225,) * 3
+    assert (c.mask.kind, tuple(c.mask.grid), c.mask.ratio) == ("cube", (8, 7, 7), 0.4)
+    o = c.optim
+    assert (o.base_lr, o.lr_batch_reference, o.warmup_epochs, o.warmup_start_lr, o.end_lr) == (
+        1e-4,
+        32,
+        10,
+        1e-6,
+        1e-6,
+    )
+    assert (o.weight_decay, o.clip_grad_norm) == (0.05, 0.02)
+    trainer = train.build_trainer(c)  # abstract only
+    assert trainer.spec.grid == (8, 14, 14) and trainer.spec.token_grid == (8, 56, 56)
+    assert train.count_params(trainer.abstract_state) == params
+    steps_per_epoch = c.input.examples_per_epoch // 512
+    assert trainer.total_steps == epochs * steps_per_epoch
+    # 1e-4 per 32 clips at 512 clips: 1.6e-3 after warmup (mmpretrain's value).
+    np.testing.assert_allclose(trainer.schedule(10 * steps_per_epoch), 1.6e-3, rtol=1e-5)
+    batch = trainer.abstract_batch()
+    assert batch["image"].shape == (512, 16, 224, 224, 3) and batch["mask"].shape == (512, 8, 7, 7)
+
+
+def test_video_demo_smoke_run_end_to_end(tmp_path):
+    workdir = tmp_path / "demo_video"
+    proc = run_main(
+        workdir, "--config.input.batch_size=4", config="configs/demo_video.py:smoke", XLA_FLAGS=""
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 5, 10]
+    assert all(np.isfinite(line["loss"]) for line in lines)
+    assert lines[-1]["loss"] < lines[0]["loss"]
+    assert (workdir / "checkpoints" / "10").is_dir()
+    c = demo_video.get_config()
+    assert c.model.name == "mvit" and c.mask.kind == "cube" and c.input.dataset == "embedded"

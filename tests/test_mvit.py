@@ -317,3 +317,65 @@ def test_errors_name_the_fix():
     ft = build(small_spec(num_classes=3))
     with pytest.raises(ValueError, match="no mask token"):
         ft(jnp.zeros((1, 8, 64, 64, 3)), jnp.zeros((1, 1024), bool))
+
+
+def test_pretrained_weights_move_to_the_finetune_form_with_resized_rel_pos():
+    pt_spec, ft_spec = mvit.make_spec("MViTv2-S"), mvit.make_spec("MViTv2-S", num_classes=400)
+    pt = random_params(
+        torch_names.flat_params(nnx.eval_shape(lambda: mvit.MViT(pt_spec, rngs=nnx.Rngs(0))))
+    )
+    template = torch_names.flat_params(nnx.eval_shape(lambda: mvit.MViT(ft_spec, rngs=nnx.Rngs(0))))
+    ft, dropped, kept = mvit.transfer_params(pt, template)
+    assert dropped == sorted(
+        [
+            "mask_token",
+            "pred_head/norm/scale",
+            "pred_head/norm/bias",
+            "pred_head/proj/kernel",
+            "pred_head/proj/bias",
+        ]
+    )
+    assert sorted(kept) == ["head/bias", "head/kernel", "norm/bias", "norm/scale"]
+    # Block 15's tables go from 27 to 13 rows exactly as torch's linear interpolation does.
+    for axis in ("h", "w"):
+        key = f"blocks/15/attn/rel_pos_{axis}"
+        assert pt[key].shape == (27, 96) and ft[key].shape == (13, 96)
+        want = torch.nn.functional.interpolate(
+            torch.from_numpy(pt[key]).T[None], size=13, mode="linear"
+        )[0].T.numpy()
+        np.testing.assert_allclose(ft[key], want, atol=1e-12)
+    np.testing.assert_array_equal(ft["blocks/14/attn/rel_pos_h"], pt["blocks/14/attn/rel_pos_h"])
+    np.testing.assert_array_equal(ft["blocks/3/attn/qkv/kernel"], pt["blocks/3/attn/qkv/kernel"])
+    wrong = dict(pt, **{"blocks/0/attn/qkv/kernel": np.zeros((96, 3)), "cls_token": np.zeros(3)})
+    with pytest.raises(ValueError, match=r"2 parameter\(s\) do not fit") as err:
+        mvit.transfer_params(wrong, template)
+    assert "blocks/0/attn/qkv/kernel: shape (96, 3)" in str(err.value)
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (1, 8, 8), (2, 2, 2)])
+def test_cpu_depthwise_pooling_and_its_gradients_equal_the_grouped_convolution(stride):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 4, 16, 16, 8)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 1, 8)))
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x,
+            w,
+            stride,
+            [(1, 1)] * 3,
+            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+            feature_group_count=8,
+        )
+
+    with jax.enable_x64(True):
+        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
+        want = conv(x, w)
+        got = mvit._depthwise_shifts(x, w, stride)
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
+        g = jnp.asarray(rng.normal(size=want.shape))
+        ref_dx, ref_dw = jax.vjp(conv, x, w)[1](g)
+        dx, dw = jax.vjp(lambda a, b: mvit._depthwise_shifts(a, b, stride), x, w)[1](g)
+        np.testing.assert_allclose(dx, ref_dx, atol=1e-11, rtol=0)
+        np.testing.assert_allclose(dw, ref_dw, atol=1e-11, rtol=0)

@@ -37,9 +37,10 @@ rel_pos_h, rel_pos_w, rel_pos_t}, norm2, mlp/{fc1, fc2}, proj}``, ``pred_head/{n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -263,21 +264,100 @@ def _check_spec(spec: MViTSpec) -> None:
             raise ValueError(f"block dim {b.dim} is not divisible by {b.num_heads} heads.")
 
 
-def _depthwise_pool(dim: int, kernel: Triple, stride: Triple, *, dtype, rngs) -> nnx.Conv:
-    """Depthwise Conv3d over [B*heads, T, H, W, hd], no bias, explicit zero padding k//2."""
-    return nnx.Conv(
-        dim,
-        dim,
-        kernel_size=kernel,
-        strides=stride,
-        padding=[(k // 2, k // 2) for k in kernel],
-        feature_group_count=dim,
-        use_bias=False,
-        kernel_init=layers.with_axes(layers.weight_init(), (None, None, None, None, None)),
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        rngs=rngs,
+def _windows(padded: jax.Array, kernel: Triple, stride: Triple, out: Sequence[int]):
+    """For each kernel offset: the strided view [N, *out, C] of an already padded
+    [N, T, H, W, C] array that the window element at that offset sees."""
+    n, c = padded.shape[0], padded.shape[-1]
+    for offset in np.ndindex(*kernel):
+        end = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out, stride)]
+        yield offset, jax.lax.slice(padded, (0, *offset, 0), (n, *end, c), (1, *stride, 1))
+
+
+def _pad_same(x: jax.Array, kernel: Triple, fill: float) -> jax.Array:
+    return jnp.pad(
+        x, [(0, 0)] + [(k // 2, k // 2) for k in kernel] + [(0, 0)], constant_values=fill
     )
+
+
+def _correlate(padded: jax.Array, w: jax.Array, stride: Triple, out: Sequence[int]) -> jax.Array:
+    """Depthwise cross-correlation as a sum of shifted, strided views times per-channel
+    weights (w [kt, kh, kw, 1, C])."""
+    views = _windows(padded, w.shape[:3], stride, out)
+    return sum(view * w[(*offset, 0)] for offset, view in views)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _depthwise_shifts(x: jax.Array, w: jax.Array, stride: Triple) -> jax.Array:
+    """Depthwise Conv3d (zero padding k//2) for the CPU. Its hand-written backward keeps
+    only x for the weight gradient; autodiff of the view sum would keep all 27 views (a
+    27x larger residual that dominated the step's memory traffic)."""
+    return _correlate(_pad_same(x, w.shape[:3], 0.0), w, stride, _pooled_size(x.shape[1:4], stride))
+
+
+def _depthwise_shifts_fwd(x, w, stride):
+    return _depthwise_shifts(x, w, stride), (x, w)
+
+
+def _depthwise_shifts_bwd(stride, residuals, g):
+    x, w = residuals
+    kernel = w.shape[:3]
+    padded = _pad_same(x, kernel, 0.0)
+    out = g.shape[1:4]
+    dw = jnp.stack(
+        [jnp.sum(v * g, axis=(0, 1, 2, 3)) for _, v in _windows(padded, kernel, stride, out)]
+    )
+    # The transpose of a strided correlation: spread g back onto the stride grid (interior
+    # padding), pad by k - 1 and correlate with the flipped kernel at stride 1.
+    size = padded.shape[1:4]
+    spread = jax.lax.pad(
+        g,
+        jnp.zeros((), g.dtype),
+        [(0, 0, 0)]
+        + [(k - 1, n - (m - 1) * s - 1, s - 1) for k, n, m, s in zip(kernel, size, out, stride)]
+        + [(0, 0, 0)],
+    )
+    dpadded = _correlate(spread, w[::-1, ::-1, ::-1], (1, 1, 1), size)
+    lo = [k // 2 for k in kernel]
+    dx = jax.lax.slice(
+        dpadded, (0, *lo, 0), (x.shape[0], *(a + n for a, n in zip(lo, x.shape[1:4])), x.shape[-1])
+    )
+    return dx, dw.reshape(w.shape).astype(w.dtype)
+
+
+_depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
+
+
+class DepthwisePool(nnx.Module):
+    """Depthwise Conv3d over [B*heads, T, H, W, hd], no bias, explicit zero padding k//2,
+    one filter per channel shared by the heads (PyTorch ``attn.pool_{q,k,v}``).
+
+    XLA's CPU backend runs grouped convolutions (and their gradients) 10-50x slower than
+    the same sum of 27 shifted, strided views, which fuses into a few loops; so the CPU
+    computes that sum (with a hand-written backward), accelerators the native convolution."""
+
+    def __init__(self, dim: int, kernel: Triple, stride: Triple, *, dtype, rngs: nnx.Rngs):
+        init = layers.with_axes(layers.weight_init(), (None, None, None, None, None))
+        self.kernel = nnx.Param(init(rngs.params(), (*kernel, 1, dim)))
+        self.kernel_size, self.stride, self.dtype = tuple(kernel), tuple(stride), dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(self.dtype)
+        w = self.kernel[...].astype(self.dtype)
+
+        def via_conv(x, w):
+            return jax.lax.conv_general_dilated(
+                x,
+                w,
+                self.stride,
+                [(k // 2, k // 2) for k in self.kernel_size],
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
+                feature_group_count=x.shape[-1],
+            )
+
+        def via_shifts(x, w):
+            return _depthwise_shifts(x, w, self.stride)
+
+        return jax.lax.platform_dependent(x, w, cpu=via_shifts, default=via_conv)
 
 
 def relative_index(q_size: int, k_size: int) -> np.ndarray:
@@ -305,6 +385,36 @@ def resize_rel_pos(table: jax.Array | np.ndarray, length: int):
     return table[lo] * (1 - frac) + table[hi] * frac
 
 
+def transfer_params(
+    flat: Mapping[str, Any], template: Mapping[str, Any]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Flat params of one MViT form for another, e.g. pretraining -> fine-tuning.
+
+    ``rel_pos_*`` tables whose length differs (block 15 of MViTv2-S: 27 -> 13 rows when the
+    block-14 q stride comes back) are linearly resized, as the reference loaders do; every
+    other shared entry must have the template's shape. Returns (params shaped like
+    ``template``, source entries the template has no place for (``mask_token``,
+    ``pred_head``), template entries kept at their own values (the new ``norm`` and
+    ``head``)). Shape mismatches raise one error that lists them all."""
+    out, kept, problems = {}, [], []
+    for key, like in template.items():
+        if key not in flat:
+            out[key], _ = like, kept.append(key)
+            continue
+        value, want = flat[key], tuple(like.shape)
+        if key.rsplit("/", 1)[-1].startswith("rel_pos_") and value.shape[1:] == want[1:]:
+            value = resize_rel_pos(value, want[0])
+        if tuple(value.shape) != want:
+            problems.append(f"{key}: shape {tuple(value.shape)} does not fit {want}")
+        out[key] = value
+    if problems:
+        raise ValueError(
+            f"{len(problems)} parameter(s) do not fit the target MViT (check variant, "
+            "image_size and num_frames):\n  " + "\n  ".join(problems)
+        )
+    return out, sorted(set(flat) - set(template)), kept
+
+
 class MultiScaleAttention(nnx.Module):
     def __init__(self, block: BlockSpec, *, dtype, rngs: nnx.Rngs):
         dim, hd = block.dim, block.head_dim
@@ -317,15 +427,15 @@ class MultiScaleAttention(nnx.Module):
         self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.proj = layers.dense(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
         kernel = block.kernel
-        self.pool_q = _depthwise_pool(hd, kernel, block.q_stride, dtype=dtype, rngs=rngs)
-        self.pool_k = _depthwise_pool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
-        self.pool_v = _depthwise_pool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
+        self.pool_q = DepthwisePool(hd, kernel, block.q_stride, dtype=dtype, rngs=rngs)
+        self.pool_k = DepthwisePool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
+        self.pool_v = DepthwisePool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
         self.norm_q = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
         self.norm_k = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
         self.norm_v = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
 
     @staticmethod
-    def _pool(x: jax.Array, thw: Triple, conv: nnx.Conv, norm: nnx.LayerNorm):
+    def _pool(x: jax.Array, thw: Triple, conv: DepthwisePool, norm: nnx.LayerNorm):
         """[B, heads, 1+N, hd] -> pooled patch tokens, cls kept, LayerNorm on all tokens."""
         b, h, _, d = x.shape
         cls, tokens = x[:, :, :1], x[:, :, 1:]
