@@ -11,8 +11,11 @@ starting at blocks 1, 3 and 4 (the last one's q stride removed, as in pretrainin
 
 Run:
   python -m maskfeat_jax.main --config configs/demo_video.py --workdir runs/demo_video
-Expected on a 2-core CPU: see the README (loss and time measured there).
-Variants: `:smoke` runs 10 steps of a 2-block model.
+Expected on a 2-core CPU: about 10 minutes (0.36 steps/s); the masked HOG loss falls from
+about 0.26 at step 1 to about 0.05 by step 20 and 0.043-0.049 afterwards (metrics in
+runs/demo_video/metrics.jsonl, checkpoint in runs/demo_video/checkpoints/200).
+Variants: `:smoke` runs 10 steps of a 4-block model; `:vit` trains a 6-block ViT-Ti with
+2 x 16 x 16 tubelets on the same clips instead.
 """
 
 from configs import common
@@ -38,9 +41,13 @@ def get_config(arg=None):
     if arg == "smoke":
         c.total_steps = 10
         c.log_every_steps = 5
-        c.model.update(depth=2, stage_starts=(1,))
-        c.mask.grid = (4, 2, 2)
+        # Two q-pooled blocks keep 16-px output tokens (the third stage start is not pooled).
+        c.model.update(depth=4, stage_starts=(1, 2, 3))
         c.optim.warmup_steps = 2
+    elif arg == "vit":
+        # The video ViT: 2 x 16 x 16 tubelets, 4 x 8 x 8 tokens, one unit = 2 x 2 tokens.
+        c.model = common.pretrain_config().model
+        c.model.update(variant="Ti/2x16", image_size=128, num_frames=8, depth=6)
     elif arg:
-        raise ValueError(f"Unknown variant {arg!r}; use ':smoke' or nothing.")
+        raise ValueError(f"Unknown variant {arg!r}; use ':smoke', ':vit' or nothing.")
     return c

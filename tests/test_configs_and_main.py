@@ -183,3 +183,15 @@ def test_video_demo_smoke_run_end_to_end(tmp_path):
     assert (workdir / "checkpoints" / "10").is_dir()
     c = demo_video.get_config()
     assert c.model.name == "mvit" and c.mask.kind == "cube" and c.input.dataset == "embedded"
+
+
+def test_video_demo_vit_variant_builds_the_tubelet_model():
+    trainer = train.build_trainer(demo_video.get_config("vit"))
+    spec = trainer.spec
+    assert (spec.tubelet, spec.patch_size, spec.grid, spec.token_grid) == (
+        2,
+        16,
+        (4, 8, 8),
+        (4, 8, 8),
+    )
+    assert trainer.abstract_batch()["mask"].shape[1:] == (4, 4, 4)

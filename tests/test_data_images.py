@@ -9,6 +9,7 @@ import pytest
 
 from maskfeat_jax import masking
 from maskfeat_jax.data import embedded, images
+from tests.batches import assert_batches_equal, take
 
 SIZE, PATCH = 64, 16  # 4x4 token grid keeps the tests fast.
 
@@ -30,19 +31,6 @@ def _dataset(photos, **kw):
     )
     args.update(kw)
     return images.make_pretrain_dataset(photos, **args)
-
-
-def _take(ds_or_it, n):
-    it = iter(ds_or_it)
-    return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys() == {"image", "mask"}
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["mask"], y["mask"])
 
 
 def _batches_equal(a, b):
@@ -226,7 +214,7 @@ def test_hflip_happens_about_half_the_time():
 
 
 def test_batch_shapes_dtypes_and_values(photos):
-    batches = _take(_dataset(photos, per_host_batch=8), 3)
+    batches = take(_dataset(photos, per_host_batch=8), 3)
     for b in batches:
         assert set(b) == {"image", "mask"}
         assert b["image"].shape == (8, SIZE, SIZE, 3)
@@ -240,30 +228,30 @@ def test_batch_shapes_dtypes_and_values(photos):
 
 
 def test_mask_fraction_in_batches(photos):
-    batches = _take(_dataset(photos, per_host_batch=16), 8)
+    batches = take(_dataset(photos, per_host_batch=16), 8)
     masks = np.concatenate([b["mask"] for b in batches])
     frac = masks.mean()
     assert 0.30 < frac <= 6 / 16, frac
     # Masks are per element, not one mask copied over the batch.
     assert len({m.tobytes() for m in masks}) > len(masks) // 4
     full = masking.BlockMaskGenerator()
-    batches = _take(_dataset(photos, image_size=224, mask_generator=full, per_host_batch=4), 2)
+    batches = take(_dataset(photos, image_size=224, mask_generator=full, per_host_batch=4), 2)
     counts = np.concatenate([b["mask"] for b in batches]).sum(axis=(1, 2))
     assert ((counts >= 60) & (counts <= 78)).all()
 
 
 def test_determinism_and_seed_dependence(photos):
-    a = _take(_dataset(photos, seed=7), 4)
-    b = _take(_dataset(photos, seed=7), 4)
-    c = _take(_dataset(photos, seed=8), 4)
-    _assert_batches_equal(a, b)
+    a = take(_dataset(photos, seed=7), 4)
+    b = take(_dataset(photos, seed=7), 4)
+    c = take(_dataset(photos, seed=8), 4)
+    assert_batches_equal(a, b)
     assert not _batches_equal(a, c)
 
 
 def test_dataset_is_infinite_by_default_and_finite_on_request():
     photos = _constant_photos(5)
     # 5 photos, batch 4: many more batches than one epoch holds.
-    assert len(_take(_dataset(photos), 20)) == 20
+    assert len(take(_dataset(photos), 20)) == 20
     finite = list(_dataset(photos, num_epochs=2))
     assert len(finite) == (2 * 5) // 4  # remainder dropped
     got = sorted(i for b in finite for i in _indices(b))
@@ -273,7 +261,7 @@ def test_dataset_is_infinite_by_default_and_finite_on_request():
 def test_each_epoch_visits_every_photo_once_in_a_new_order():
     n = 7
     photos = _constant_photos(n)
-    batches = _take(_dataset(photos, per_host_batch=1), 3 * n)
+    batches = take(_dataset(photos, per_host_batch=1), 3 * n)
     stream = [i for b in batches for i in _indices(b)]
     epochs = [stream[k * n : (k + 1) * n] for k in range(3)]
     for e in epochs:
@@ -289,7 +277,7 @@ def test_sharding_gives_disjoint_streams_covering_each_epoch():
     per_shard = []
     for shard in range(count):
         ds = _dataset(photos, per_host_batch=1, shard_index=shard, shard_count=count)
-        stream = [i for b in _take(ds, 2 * n) for i in _indices(b)]
+        stream = [i for b in take(ds, 2 * n) for i in _indices(b)]
         assert stream == list(
             itertools.islice(
                 images.index_stream(n, seed=0, shard_index=shard, shard_count=count), 2 * n
@@ -309,32 +297,32 @@ def test_shards_use_different_augmentations(photos):
     # Same photo at the same local step on two hosts must not share the
     # crop or mask: the per-element rng comes from the global position.
     single = photos[:1]
-    m0 = _take(_dataset(single, shard_index=0, shard_count=2), 3)
-    m1 = _take(_dataset(single, shard_index=1, shard_count=2), 3)
+    m0 = take(_dataset(single, shard_index=0, shard_count=2), 3)
+    m1 = take(_dataset(single, shard_index=1, shard_count=2), 3)
     for a, b in zip(m0, m1):
         assert not np.array_equal(a["image"], b["image"])
 
 
 def test_iterator_state_checkpoint_restore(photos):
     it = iter(_dataset(photos))
-    _take(it, 3)
+    take(it, 3)
     state = it.get_state()
     json.dumps(state)  # small and serialisable
-    after = _take(it, 3)
+    after = take(it, 3)
     it.set_state(state)
-    _assert_batches_equal(_take(it, 3), after)
+    assert_batches_equal(take(it, 3), after)
     # A fresh iterator restored from the state continues identically.
     fresh = iter(_dataset(photos))
     fresh.set_state(state)
-    _assert_batches_equal(_take(fresh, 3), after)
+    assert_batches_equal(take(fresh, 3), after)
 
 
 def test_multiprocess_workers_match_in_process(photos):
-    ref = _take(_dataset(photos), 3)
+    ref = take(_dataset(photos), 3)
     it = iter(_dataset(photos, worker_count=2))
     try:
-        got = _take(it, 3)
-        _assert_batches_equal(got, ref)
+        got = take(it, 3)
+        assert_batches_equal(got, ref)
         del got
     finally:
         it.close()
@@ -354,7 +342,7 @@ def test_iterator_from_config_embedded():
         assert b["mask"].shape == (2, 4, 4) and b["mask"].dtype == bool
         assert (b["mask"].sum(axis=(1, 2)) <= 6).all()
     again = images.iterator_from_config(config, image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
-    _assert_batches_equal([next(again) for _ in range(2)], first)
+    assert_batches_equal([next(again) for _ in range(2)], first)
     # Coarser mask units than tokens are allowed (one unit = 32 px here).
     b = next(
         images.iterator_from_config(config, image_size=SIZE, mask_grid=(2, 2), per_host_batch=2)
@@ -366,7 +354,7 @@ def test_iterator_from_config_embedded():
 
 def test_records_with_image_key_are_accepted(photos):
     records = [{"image": p, "label": i} for i, p in enumerate(photos)]
-    _assert_batches_equal(_take(_dataset(records), 2), _take(_dataset(photos), 2))
+    assert_batches_equal(take(_dataset(records), 2), take(_dataset(photos), 2))
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ from PIL import Image
 from maskfeat_jax import masking
 from maskfeat_jax.data import camera_paths, embedded, images, videos
 from maskfeat_jax.data.camera_paths import CameraPath, render_clip, sample_path
+from tests.batches import assert_batches_equal, take
 
 FRAMES, SIZE = 4, 32  # tiny clips keep the tests fast
 GRID = (2, 4, 4)  # one mask unit = 2 frames x 8x8 px; num = round(32 * 0.4) = 13
@@ -34,19 +35,6 @@ def _dataset(photos, **kw):
     )
     args.update(kw)
     return videos.make_video_pretrain_dataset(photos, **args)
-
-
-def _take(ds_or_it, n):
-    it = iter(ds_or_it)
-    return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b):
-        assert x.keys() == y.keys() == {"image", "mask"}
-        np.testing.assert_array_equal(x["image"], y["image"])
-        np.testing.assert_array_equal(x["mask"], y["mask"])
 
 
 def _mad(a, b):
@@ -255,7 +243,7 @@ def test_hflip_flips_all_frames_together(photos):
 
 
 def test_batch_shapes_dtypes_and_values(photos):
-    batches = _take(_dataset(photos, per_host_batch=3), 2)
+    batches = take(_dataset(photos, per_host_batch=3), 2)
     for b in batches:
         assert set(b) == {"image", "mask"}
         assert b["image"].shape == (3, FRAMES, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
@@ -265,7 +253,7 @@ def test_batch_shapes_dtypes_and_values(photos):
 
 
 def test_cube_mask_grid_and_ratio(photos):
-    masks = np.concatenate([b["mask"] for b in _take(_dataset(photos, per_host_batch=8), 3)])
+    masks = np.concatenate([b["mask"] for b in take(_dataset(photos, per_host_batch=8), 3)])
     assert masks.shape == (24, *GRID)
     counts = masks.sum(axis=(1, 2, 3))
     assert (counts >= 1).all() and (counts <= 13).all()
@@ -274,16 +262,16 @@ def test_cube_mask_grid_and_ratio(photos):
 
 
 def test_determinism_and_seed_dependence(photos):
-    a = _take(_dataset(photos, seed=7), 2)
-    _assert_batches_equal(a, _take(_dataset(photos, seed=7), 2))
-    c = _take(_dataset(photos, seed=8), 2)
+    a = take(_dataset(photos, seed=7), 2)
+    assert_batches_equal(a, take(_dataset(photos, seed=7), 2))
+    c = take(_dataset(photos, seed=8), 2)
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
 
 
 def test_pipeline_order_is_the_index_stream_and_epochs_are_finite():
     n = 5
     photos = _constant_photos(n)
-    stream = [i for b in _take(_dataset(photos, per_host_batch=1), 2 * n) for i in _indices(b)]
+    stream = [i for b in take(_dataset(photos, per_host_batch=1), 2 * n) for i in _indices(b)]
     assert stream == list(itertools.islice(images.index_stream(n, seed=0), 2 * n))
     for k in range(2):
         assert sorted(stream[k * n : (k + 1) * n]) == list(range(n))
@@ -297,7 +285,7 @@ def test_two_shards_cover_each_epoch_exactly_once():
     per_shard = []
     for shard in range(count):
         ds = _dataset(photos, per_host_batch=1, shard_index=shard, shard_count=count)
-        stream = [i for b in _take(ds, n) for i in _indices(b)]
+        stream = [i for b in take(ds, n) for i in _indices(b)]
         assert stream == list(
             itertools.islice(
                 images.index_stream(n, seed=0, shard_index=shard, shard_count=count), n
@@ -311,13 +299,13 @@ def test_two_shards_cover_each_epoch_exactly_once():
 
 def test_iterator_state_checkpoint_restore(photos):
     it = iter(_dataset(photos))
-    _take(it, 2)
+    take(it, 2)
     state = it.get_state()
     json.dumps(state)  # small and serialisable
-    after = _take(it, 2)
+    after = take(it, 2)
     fresh = iter(_dataset(photos))
     fresh.set_state(state)
-    _assert_batches_equal(_take(fresh, 2), after)
+    assert_batches_equal(take(fresh, 2), after)
 
 
 def _video_config(**input_kw):
@@ -337,7 +325,7 @@ def test_iterator_from_config_embedded():
     first = next(it)
     assert first["image"].shape == (2, FRAMES, SIZE, SIZE, 3)
     assert first["mask"].shape == (2, *GRID)
-    _assert_batches_equal([next(videos.iterator_from_config(_video_config(), **kw))], [first])
+    assert_batches_equal([next(videos.iterator_from_config(_video_config(), **kw))], [first])
     # input.seed wins over the global seed.
     other = next(videos.iterator_from_config(_video_config(seed=4), **kw))
     assert not np.array_equal(other["image"], first["image"])
@@ -468,9 +456,9 @@ def test_module_exports():
 
 
 def test_multiprocess_workers_match_in_process(photos):
-    ref = _take(_dataset(photos), 2)
+    ref = take(_dataset(photos), 2)
     it = iter(_dataset(photos, worker_count=2))
     try:
-        _assert_batches_equal(_take(it, 2), ref)
+        assert_batches_equal(take(it, 2), ref)
     finally:
         it.close()

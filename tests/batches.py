@@ -1,0 +1,16 @@
+"""Helpers shared by the input-pipeline tests."""
+
+import numpy as np
+
+
+def take(ds_or_it, n):
+    it = iter(ds_or_it)
+    return [next(it) for _ in range(n)]
+
+
+def assert_batches_equal(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() == {"image", "mask"}
+        np.testing.assert_array_equal(x["image"], y["image"])
+        np.testing.assert_array_equal(x["mask"], y["mask"])
