@@ -97,6 +97,17 @@ def pretrain_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # Orbax checkpoints in workdir/checkpoints: every N steps, at the end and on preemption
+    # (SIGTERM); the latest `keep_latest` stay, plus every multiple of `keep_every` (0: none).
+    c.checkpoint = ml_collections.ConfigDict(
+        dict(every_steps=1000, keep_latest=3, keep_every=0, async_save=True)
+    )
+    # Where a run starts when its workdir has no checkpoint: `resume` = another run's full
+    # state (workdir, checkpoints dir or step dir); `init_from` = weights only (e.g. from
+    # maskfeat_jax.import_torch or a pretraining run), adapted to this model's form.
+    c.resume = ""
+    c.init_from = ""
+
     c.mesh = FSDP_MESH
     c.sharding = ml_collections.ConfigDict(dict(rules=SHARDING_RULES))
     return c

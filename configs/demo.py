@@ -23,6 +23,7 @@ def get_config(arg=None):
     c.model.update(variant="Ti/16", image_size=112, depth=6)
     c.input.update(dataset="embedded", split="train", batch_size=32)
     c.optim.update(base_lr=8e-3, warmup_steps=30)  # 1e-3 at batch 32
+    c.checkpoint.every_steps = 100
     c.mesh = (("data", -1), ("fsdp", 1), ("tensor", 1))
     if arg == "smoke":
         c.total_steps = 20

@@ -21,6 +21,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints a
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+def _quiet_orbax_info(record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
@@ -29,6 +33,7 @@ def main(argv):
 
     # Orbax reports every internal step of a save at INFO; keep the terminal to our progress.
     py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
+    py_logging.getLogger("absl").addFilter(_quiet_orbax_info)
     config = _CONFIG.value
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)

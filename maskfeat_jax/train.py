@@ -256,6 +256,23 @@ class MetricsLog:
         if self.enabled:
             os.makedirs(workdir, exist_ok=True)
 
+    def keep_until(self, step: int) -> None:
+        """Drops lines after ``step`` (a resumed run recomputes those steps)."""
+        if not self.enabled or not os.path.exists(self.path):
+            return
+        lines = []
+        with open(self.path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        lines.append(line)
+                except (ValueError, KeyError):  # a line torn by a killed process
+                    continue
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(lines)
+        os.replace(tmp, self.path)
+
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if self.enabled:
             with open(self.path, "a") as f:
@@ -282,8 +299,53 @@ def train_iterator(config: ml_collections.ConfigDict, spec) -> Iterator[dict[str
     return image_data.iterator_from_config(config, **kwargs)
 
 
+def _load_init_weights(trainer: Trainer, state: nnx.State, path: str) -> nnx.State:
+    """``config.init_from``: model weights only, adapted to this model's form (pretraining ->
+    fine-tuning, resampled position tables), placed in this run's shardings."""
+    source, _ = checkpoint.load_weights(path)
+    current = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(state[0])}
+    template = {k: np.asarray(jax.device_get(v.get_value())) for k, v in current.items()}
+    params, unused, kept = models.transfer_params(trainer.spec, source, template)
+    for key, var in current.items():
+        old = var.get_value()
+        var.set_value(jax.device_put(np.asarray(params[key], old.dtype), old.sharding))
+    logging.info(
+        "Initialised %d of %d arrays from %s.", len(current) - len(kept), len(current), path
+    )
+    if unused:
+        logging.info("Not used from the source: %s", ", ".join(unused))
+    if kept:
+        logging.info("Kept at their initial values: %s", ", ".join(kept))
+    return state
+
+
+def initial_state(
+    trainer: Trainer,
+    ckpts: checkpoint.RunCheckpoints,
+    data: Any,
+) -> tuple[nnx.State, jax.Array, int, str]:
+    """(state, rng, step, where it came from), in big_vision's order: a checkpoint of this run
+    in the workdir > ``config.resume`` (another run's full state) > ``config.init_from``
+    (weights only) > a fresh init. Restores put arrays straight into their shardings and
+    rewind ``data`` to where the saved run was."""
+    config = trainer.config
+    target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
+    if ckpts.latest_step() is not None:
+        r = ckpts.restore(target, data=data)
+        return r.state, r.rng, r.step, f"resumed from {ckpts.directory}/{r.step}"
+    if config.get("resume"):
+        r = checkpoint.restore_run(config.resume, target, data=data)
+        return r.state, r.rng, r.step, f"resumed from config.resume={config.resume} step {r.step}"
+    rng = jax.random.key(config.seed)
+    state = trainer.init(rng)
+    if config.get("init_from"):
+        return _load_init_weights(trainer, state, config.init_from), rng, 0, "init_from"
+    return state, rng, 0, "from scratch"
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Pretrains as the config says; returns the last logged metrics."""
+    """Pretrains as the config says; resumes from ``workdir/checkpoints`` if a run was cut
+    short; returns the last logged metrics (with ``preempted`` = 1.0 if it stopped early)."""
     trainer = build_trainer(config)
     logging.info(
         "Mesh %s; %d devices over %d processes.",
@@ -301,48 +363,71 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             mem.temp_size_in_bytes / 2**20,
         )
 
-    state = trainer.init(jax.random.key(config.seed))
+    data = train_iterator(config, trainer.spec)
+    ckpts = checkpoint.RunCheckpoints.from_config(workdir, config)
+    state, rng, start, source = initial_state(trainer, ckpts, data)
     logging.info(
-        "Model %s %s: %s parameters; %d steps.",
+        "Model %s %s: %s parameters; %d steps; %s.",
         config.model.name,
         config.model.variant,
         f"{count_params(state):,}",
         trainer.total_steps,
+        source if start == 0 else f"{source}, continuing at step {start + 1}",
     )
-    data = train_iterator(config, trainer.spec)
     log = MetricsLog(workdir)
+    log.keep_until(start)  # steps after the restored one are recomputed
     every = max(1, int(config.log_every_steps))
     last: dict[str, float] = {}
-    t_last, step_last = None, 0
-    for step in range(1, trainer.total_steps + 1):
-        batch = sharding.to_global(next(data), trainer.batch_sharding)
-        state, metrics = compiled(state, batch)
-        if step == 1 or step % every == 0 or step == trainer.total_steps:
-            last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            speed = ""
-            if t_last is not None:  # the first step includes warm-up; time from there on
-                rate = (step - step_last) / (now - t_last)
-                last["steps_per_sec"] = rate
-                remaining = _format_duration((trainer.total_steps - step) / rate)
-                speed = f", {rate:.2f} steps/s, ETA {remaining}"
-            t_last, step_last = now, step
-            log.write(step, last)
-            logging.info(
-                "step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g%s",
-                step,
-                trainer.total_steps,
-                last["loss"],
-                last["lr"],
-                last["grad_norm"],
-                speed,
-            )
-            if not math.isfinite(last["loss"]):
-                raise FloatingPointError(
-                    f"loss became {last['loss']} at step {step}; lower "
-                    "config.optim.base_lr or check the input data."
+    t_last, step_last = None, start
+    sigterm = checkpoint.SigtermWatcher()
+    try:
+        for step in range(start + 1, trainer.total_steps + 1):
+            batch = sharding.to_global(next(data), trainer.batch_sharding)
+            state, metrics = compiled(state, batch)
+            if step == start + 1 or step % every == 0 or step == trainer.total_steps:
+                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                now = time.perf_counter()
+                speed = ""
+                if t_last is not None:  # the first step includes warm-up; time from there on
+                    rate = (step - step_last) / (now - t_last)
+                    last["steps_per_sec"] = rate
+                    remaining = _format_duration((trainer.total_steps - step) / rate)
+                    speed = f", {rate:.2f} steps/s, ETA {remaining}"
+                t_last, step_last = now, step
+                log.write(step, last)
+                logging.info(
+                    "step %d/%d: loss %.5f, lr %.3g, grad_norm %.3g%s",
+                    step,
+                    trainer.total_steps,
+                    last["loss"],
+                    last["lr"],
+                    last["grad_norm"],
+                    speed,
                 )
-
-    path = checkpoint.save(os.path.join(workdir, "checkpoints"), trainer.total_steps, state)
-    logging.info("Saved checkpoint %s", path)
+                if not math.isfinite(last["loss"]):
+                    raise FloatingPointError(
+                        f"loss became {last['loss']} at step {step}; lower "
+                        "config.optim.base_lr or check the input data."
+                    )
+            preempted = sigterm.requested or ckpts.reached_preemption(step)
+            final = preempted or step == trainer.total_steps
+            ckpts.save(step, state, data=data, rng=rng, config=config, force=final)
+            if preempted:
+                ckpts.wait_until_finished()
+                logging.warning(
+                    "Stopped at step %d for preemption; checkpoint %s/%d is saved. Run the same "
+                    "command again to continue.",
+                    step,
+                    ckpts.directory,
+                    step,
+                )
+                last["preempted"] = 1.0
+                break
+        if start >= trainer.total_steps:
+            logging.info("Checkpoint step %d already completes the schedule.", start)
+        ckpts.wait_until_finished()
+        logging.info("Checkpoints in %s: steps %s", ckpts.directory, ckpts.all_steps())
+    finally:
+        sigterm.close()
+        ckpts.close()
     return last

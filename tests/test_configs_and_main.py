@@ -1,9 +1,6 @@
 """Experiment configs carry the reference recipe and build on a mesh; the main job runs."""
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -20,8 +17,7 @@ from configs import (
 )
 from maskfeat_jax import train
 from maskfeat_jax.models import vit
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.runs import run_main
 
 
 @pytest.mark.parametrize(
@@ -86,26 +82,6 @@ def test_missing_data_dir_names_the_flag():
     c = in1k_vit_b_pretrain.get_config()
     with pytest.raises(ValueError, match="--config.input.data_dir"):
         images.iterator_from_config(c, image_size=224, mask_grid=(14, 14), per_host_batch=8)
-
-
-def run_main(workdir, *overrides, config="configs/demo.py:smoke", **env):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "maskfeat_jax.main",
-            "--config",
-            config,
-            "--workdir",
-            str(workdir),
-            *overrides,
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, PYTHONPATH=ROOT, **env),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
 
 
 def test_demo_smoke_run_end_to_end(tmp_path):

@@ -67,3 +67,11 @@ def build_model(
         remat=model.get("remat", False),
         rngs=rngs,
     )
+
+
+def transfer_params(spec, flat, template):
+    """Source params (flat) shaped for a model with ``spec`` whose flat params are
+    ``template``; see ``vit.transfer_params`` / ``mvit.transfer_params``."""
+    if isinstance(spec, mvit.MViTSpec):
+        return mvit.transfer_params(flat, template)
+    return vit.transfer_params(flat, template, spec.grid)

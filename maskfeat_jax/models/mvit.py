@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskfeat_jax.models import layers
+from maskfeat_jax.models import layers, transfer
 
 Triple = tuple[int, int, int]
 
@@ -396,23 +396,13 @@ def transfer_params(
     ``template``, source entries the template has no place for (``mask_token``,
     ``pred_head``), template entries kept at their own values (the new ``norm`` and
     ``head``)). Shape mismatches raise one error that lists them all."""
-    out, kept, problems = {}, [], []
-    for key, like in template.items():
-        if key not in flat:
-            out[key], _ = like, kept.append(key)
-            continue
-        value, want = flat[key], tuple(like.shape)
+
+    def adapt(key, value, want):
         if key.rsplit("/", 1)[-1].startswith("rel_pos_") and value.shape[1:] == want[1:]:
-            value = resize_rel_pos(value, want[0])
-        if tuple(value.shape) != want:
-            problems.append(f"{key}: shape {tuple(value.shape)} does not fit {want}")
-        out[key] = value
-    if problems:
-        raise ValueError(
-            f"{len(problems)} parameter(s) do not fit the target MViT (check variant, "
-            "image_size and num_frames):\n  " + "\n  ".join(problems)
-        )
-    return out, sorted(set(flat) - set(template)), kept
+            return resize_rel_pos(value, want[0])
+        return value
+
+    return transfer.transfer_params(flat, template, adapt, what="MViT")
 
 
 class MultiScaleAttention(nnx.Module):

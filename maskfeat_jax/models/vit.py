@@ -23,13 +23,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from maskfeat_jax.models import layers
+from maskfeat_jax.models import layers, transfer
 
 # name -> (width, depth, heads, mlp_dim); the ViT paper / timm table.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -119,6 +120,24 @@ def _check_spec(spec: ViTSpec) -> None:
         raise ValueError(
             f"num_frames {spec.num_frames} is not a multiple of tubelet {spec.tubelet}."
         )
+
+
+def transfer_params(
+    flat: Mapping[str, Any], template: Mapping[str, Any], grid: tuple[int, ...]
+) -> tuple[dict[str, Any], list[str], list[str]]:
+    """Flat ViT params of one form for another with token grid ``grid``: pretraining ->
+    fine-tuning, another image size (``pos_embed`` resampled bicubically over the patch grid,
+    cls entry kept), scanned <-> per-layer blocks. Returns (params like ``template``, unused
+    source entries, template entries kept at their own values); shape mismatches raise one
+    error that lists them all."""
+
+    def adapt(key, value, want):
+        if key == "pos_embed" and value.shape[-1] == want[-1]:
+            grid_in = transfer.pos_embed_grid(value.shape[1], tuple(grid))
+            return transfer.resize_pos_embed(np.asarray(value), grid_in, tuple(grid))
+        return value
+
+    return transfer.transfer_params(flat, template, adapt, what="ViT")
 
 
 class PatchEmbed(nnx.Module):
