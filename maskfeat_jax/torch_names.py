@@ -35,24 +35,94 @@ class Naming:
     unsupported: tuple[str, ...] = ()  # regexes of our paths the target has no place for
 
 
+@dataclasses.dataclass(frozen=True)
+class Buffer:
+    """A constant tensor a PyTorch target expects in its state dict (no parameter of ours)."""
+
+    key: str
+    value: np.ndarray
+
+
+_TORCHVISION_COMMON = (
+    (r"^patch_embed/proj$", "conv_proj"),
+    (r"^cls_token$", "pos_encoding.class_token"),
+    (r"^blocks/(\d+)/attn/proj$", r"blocks.\1.attn.project.0"),
+    (r"^blocks/(\d+)/attn/pool_([qkv])$", r"blocks.\1.attn.pool_\2.pool"),
+    (r"^blocks/(\d+)/attn/norm_([qkv])$", r"blocks.\1.attn.pool_\2.norm_act.0"),
+    (r"^blocks/(\d+)/mlp/fc1$", r"blocks.\1.mlp.0"),
+    (r"^blocks/(\d+)/mlp/fc2$", r"blocks.\1.mlp.3"),
+    (r"^blocks/(\d+)/proj$", r"blocks.\1.project"),
+    (r"^head$", "head.1"),
+)
+
+# torchvision's generic MViT with the MaskFeat block settings (fine-tuning form). Its forward
+# classifies from the cls token; MaskFeat fine-tunes with mean pooling (see export notes).
 TORCHVISION_MVIT = Naming(
     name="torchvision",
-    renames=(
-        (r"^patch_embed/proj$", "conv_proj"),
-        (r"^cls_token$", "pos_encoding.class_token"),
-        (r"^blocks/(\d+)/attn/proj$", r"blocks.\1.attn.project.0"),
-        (r"^blocks/(\d+)/attn/pool_([qkv])$", r"blocks.\1.attn.pool_\2.pool"),
-        (r"^blocks/(\d+)/attn/norm_([qkv])$", r"blocks.\1.attn.pool_\2.norm_act.0"),
-        (r"^blocks/(\d+)/mlp/fc1$", r"blocks.\1.mlp.0"),
-        (r"^blocks/(\d+)/mlp/fc2$", r"blocks.\1.mlp.3"),
-        (r"^blocks/(\d+)/proj$", r"blocks.\1.project"),
-        (r"^head$", "head.1"),
-    ),
+    renames=_TORCHVISION_COMMON,
     squeeze_tokens=("cls_token",),
     unsupported=(r"^mask_token$", r"^pred_head/"),
 )
 
-NAMINGS = {"torchvision_mvit": TORCHVISION_MVIT}
+# Pretraining form: the prediction head's LayerNorm and Linear take torchvision's final
+# ``norm`` and ``head.1`` (num_classes = HOG target size); ``mask_token`` has no place.
+TORCHVISION_MVIT_PRETRAIN = Naming(
+    name="torchvision",
+    renames=((r"^pred_head/norm$", "norm"), (r"^pred_head/proj$", "head.1"), *_TORCHVISION_COMMON),
+    squeeze_tokens=("cls_token",),
+    unsupported=(r"^mask_token$",),
+)
+
+# timm VisionTransformer: our ViT paths are timm's already. Fine-tuning is
+# ``global_pool='avg'`` (mean over patch tokens -> fc_norm -> head).
+TIMM_VIT = Naming(name="timm", renames=((r"^norm$", "fc_norm"),))
+
+# Pretraining form: the encoder for ``num_classes=0, global_pool='token'`` whose final
+# ``norm`` is MaskFeat's head LayerNorm; ``mask_token`` and the prediction Linear stay out.
+TIMM_VIT_PRETRAIN = Naming(
+    name="timm",
+    renames=((r"^pred_head/norm$", "norm"),),
+    unsupported=(r"^mask_token$", r"^pred_head/proj/"),
+)
+
+# SlowFast's MaskMViT / MViT keys (ViT and MViTv2): ours are SlowFast's already, but for
+# the heads. Pretraining checkpoints also hold the HOG filters as persistent buffers.
+SLOWFAST = Naming(
+    name="slowfast",
+    renames=(
+        (r"^pred_head/norm$", "pred_head.transforms.0.0"),
+        (r"^pred_head/proj$", "pred_head.projections.0"),
+        (r"^head$", "head.projection"),
+    ),
+)
+
+_SOBEL_X = np.array([[1, 0, -1], [2, 0, -2], [1, 0, -1]], np.float32)
+SLOWFAST_HOG_BUFFERS = (
+    Buffer("hogs.0.weight_x", np.broadcast_to(_SOBEL_X, (3, 1, 3, 3)).copy()),
+    Buffer("hogs.0.weight_y", np.broadcast_to(_SOBEL_X.T, (3, 1, 3, 3)).copy()),
+)
+
+TARGETS = ("timm", "slowfast", "torchvision")
+
+
+def naming_for(target: str, family: str, pretrain: bool) -> Naming:
+    """The naming of ``target`` ('timm', 'slowfast', 'torchvision') for a model family
+    ('vit', 'mvit') in its pretraining or fine-tuning form."""
+    if target == "slowfast":
+        return SLOWFAST
+    if target == "timm" and family == "vit":
+        return TIMM_VIT_PRETRAIN if pretrain else TIMM_VIT
+    if target == "torchvision" and family == "mvit":
+        return TORCHVISION_MVIT_PRETRAIN if pretrain else TORCHVISION_MVIT
+    supported = {"vit": "timm or slowfast", "mvit": "torchvision or slowfast"}
+    if target not in TARGETS or family not in supported:
+        raise ValueError(f"Unknown naming {target!r} for {family!r}; choose one of {TARGETS}.")
+    raise ValueError(f"{target} has no {family.upper()} like ours; use {supported[family]}.")
+
+
+def buffers_for(naming: Naming, pretrain: bool) -> tuple[Buffer, ...]:
+    return SLOWFAST_HOG_BUFFERS if (naming is SLOWFAST and pretrain) else ()
+
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
 
@@ -88,39 +158,75 @@ def _torch_key(path: str, naming: Naming) -> tuple[str, str] | None:
     return (f"{module}.{torch_leaf}" if torch_leaf else module), kind
 
 
+def torch_key(path: str, naming: Naming) -> str | None:
+    """The torch key of one of our parameter paths (None if the target has no place for it)."""
+    key = _torch_key(path, naming)
+    return None if key is None else key[0]
+
+
 def _to_torch_layout(x: np.ndarray, kind: str, path: str, naming: Naming) -> np.ndarray:
     if kind == "kernel":
         # [*spatial, in, out] -> [out, in, *spatial]; for a Linear just the transpose.
-        return np.ascontiguousarray(np.moveaxis(x, (-1, -2), (0, 1)))
+        return np.moveaxis(x, (-1, -2), (0, 1))
     if kind == "direct" and path in naming.squeeze_tokens:
         return x.reshape(x.shape[-1])
     return x
 
 
-def _from_torch_layout(
-    x: np.ndarray, kind: str, path: str, naming: Naming, like: tuple[int, ...]
-) -> np.ndarray:
+def _from_torch_layout(x: np.ndarray, kind: str, path: str, naming: Naming) -> np.ndarray:
     if kind == "kernel" and x.ndim >= 2:
         return np.moveaxis(x, (0, 1), (-1, -2))
-    if kind == "direct" and path in naming.squeeze_tokens and x.shape == like[-1:]:
-        return x.reshape(like)
+    if kind == "direct" and path in naming.squeeze_tokens and x.ndim == 1:
+        return x.reshape(1, 1, -1)
     return x
 
 
-def to_torch(flat: Mapping[str, np.ndarray], naming: Naming) -> tuple[dict, dict]:
-    """Our flat params -> (torch-named arrays, our params the target has no place for)."""
+def to_torch(flat: Mapping[str, Any], naming: Naming) -> tuple[dict, dict]:
+    """Our flat params -> (torch-named arrays, our params the target has no place for).
+
+    Abstract leaves (``jax.ShapeDtypeStruct``) give abstract leaves with the torch shapes,
+    which is enough to check names and shapes of a full-size model without its memory."""
     out, left = {}, {}
     for path, value in flat.items():
         key = _torch_key(path, naming)
         if key is None:
             left[path] = value
             continue
-        out[key[0]] = _to_torch_layout(np.asarray(value), key[1], path, naming)
+        if isinstance(value, jax.ShapeDtypeStruct):
+            view = np.broadcast_to(np.zeros((), value.dtype), value.shape)
+            shape = _to_torch_layout(view, key[1], path, naming).shape
+            out[key[0]] = jax.ShapeDtypeStruct(shape, value.dtype)
+        else:
+            x = _to_torch_layout(np.asarray(value), key[1], path, naming)
+            out[key[0]] = np.ascontiguousarray(x)
     return out, left
 
 
 class MappingError(ValueError):
     """A PyTorch state dict does not fit the model; the message lists every problem."""
+
+
+def rename_from_torch(
+    state_dict: Mapping[str, Any], paths: Any, naming: Naming
+) -> tuple[dict[str, np.ndarray], list[str], list[str]]:
+    """Torch-named arrays -> ours for the parameter ``paths`` of one of our models, in our
+    layouts but with whatever shapes the file has (resampling is the caller's business).
+
+    Returns (our flat params found, our paths with no tensor in the file, torch keys that
+    were not used). Paths the naming has no place for count as neither."""
+    arrays = {k: _as_numpy(v) for k, v in state_dict.items()}
+    out, absent, used = {}, [], set()
+    for path in paths:
+        key = _torch_key(path, naming)
+        if key is None:
+            continue
+        name, kind = key
+        if name not in arrays:
+            absent.append(path)
+            continue
+        used.add(name)
+        out[path] = _from_torch_layout(arrays[name], kind, path, naming)
+    return out, absent, sorted(set(arrays) - used)
 
 
 def from_torch(
@@ -130,42 +236,42 @@ def from_torch(
     *,
     allow_missing: tuple[str, ...] = (),
 ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """A torch-named state dict -> our flat params shaped like ``template``.
+    """A torch-named state dict -> our flat params shaped exactly like ``template``.
 
     Returns (params, torch keys that were not used). Parameters of ours the target has no
     place for (``naming.unsupported``) and paths matching ``allow_missing`` keep the
     template's values. Any missing key or shape mismatch raises one error listing them all.
     """
-    arrays = {k: _as_numpy(v) for k, v in state_dict.items()}
+    found, absent, unused = rename_from_torch(state_dict, template, naming)
     out: dict[str, np.ndarray] = {}
     problems: list[str] = []
-    used: set[str] = set()
     for path, like in template.items():
-        key = _torch_key(path, naming)
-        if key is None or any(re.search(p, path) for p in allow_missing):
-            out[path] = like  # keeps the template's value
-            if key is not None and key[0] in arrays:
-                used.add(key[0])
-            continue
-        name, kind = key
-        if name not in arrays:
-            problems.append(f"missing {name} (for {path}, shape {tuple(like.shape)})")
-            continue
-        used.add(name)
         shape = tuple(like.shape)
-        value = _from_torch_layout(arrays[name], kind, path, naming, shape)
-        if value.shape != shape:
-            problems.append(
-                f"{name}: shape {tuple(arrays[name].shape)} does not fit {path} {shape}"
-            )
-            continue
-        out[path] = value.astype(like.dtype)
+        if path in found and not any(re.search(p, path) for p in allow_missing):
+            value = found[path]
+            if value.shape != shape:
+                name = _torch_key(path, naming)[0]
+                problems.append(
+                    f"{name}: shape {_torch_shape(value, path, naming)} does not fit {path} {shape}"
+                )
+                continue
+            out[path] = value.astype(like.dtype)
+        elif path in absent and not any(re.search(p, path) for p in allow_missing):
+            problems.append(f"missing {_torch_key(path, naming)[0]} (for {path}, shape {shape})")
+        else:
+            out[path] = like  # keeps the template's value
     if problems:
         raise MappingError(
             f"{len(problems)} parameter(s) do not fit the {naming.name} naming:\n  "
             + "\n  ".join(problems)
         )
-    return out, sorted(set(arrays) - used)
+    return out, unused
+
+
+def _torch_shape(value: np.ndarray, path: str, naming: Naming) -> tuple[int, ...]:
+    """The shape the tensor had in the file (for error messages)."""
+    kind = _torch_key(path, naming)[1]
+    return tuple(_to_torch_layout(value, kind, path, naming).shape)
 
 
 def _as_numpy(v: Any) -> np.ndarray:

@@ -13,6 +13,7 @@ from maskfeat_jax.models import mvit
 
 torch = pytest.importorskip("torch")
 from benchmarks import torch_reference  # noqa: E402
+from tests.random_models import random_params  # noqa: E402
 
 
 def small_spec(**kw):
@@ -22,17 +23,6 @@ def small_spec(**kw):
     base.update(num_frames=8, image_size=64)
     base.update(kw)
     return mvit.make_spec("MViTv2-S", **base)
-
-
-def random_params(template, seed=0):
-    """Random values for every abstract entry of a flat template (LayerNorm scales near 1)."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for key, like in template.items():
-        if isinstance(like, jax.ShapeDtypeStruct):
-            like = rng.normal(0.0, 0.1, like.shape) + key.endswith("scale")
-        out[key] = np.asarray(like)
-    return out
 
 
 def build(spec, seed=0, dtype=jnp.float32, **kw):
