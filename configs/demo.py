@@ -2,8 +2,9 @@ r"""MaskFeat demo: a small ViT pretrained with HOG targets on the embedded photo
 
 Nothing is downloaded: the 18 training photos ship inside scikit-image 0.26.0 and
 scikit-learn. Same code path as the full recipes (grain pipeline with RandomResizedCrop
-(0.5, 1) + flip + block-wise masks, sharded jitted step, Orbax checkpoint at the end), at
-112x112 with a 6-block, 192-wide ViT.
+(0.5, 1) + flip + block-wise masks, sharded jitted step, Orbax checkpoints every 100 steps,
+at the end and on SIGTERM; rerunning the command resumes), at 112x112 with a 6-block,
+192-wide ViT.
 
 Run:
   python -m maskfeat_jax.main --config configs/demo.py --workdir runs/demo

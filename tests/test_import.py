@@ -215,3 +215,25 @@ def test_import_cli_writes_a_checkpoint_that_init_from_loads(tmp_path):
     weights, meta = checkpoint.load_weights(str(out))
     assert meta["naming"] == "timm" and meta["source"] == source
     assert json.dumps(meta["config"]["model"]["variant"]) == '"Ti/16"'
+
+
+def test_mvit_pretraining_weights_into_the_finetuning_form_resize_rel_pos_tables():
+    from maskfeat_jax.models import mvit
+
+    # A block after the last stage start sees 4x4 (PT) or 2x2 (FT) tokens.
+    pt_spec, ft_spec = mvit_spec(depth=5), mvit_spec(depth=5, num_classes=4)
+    pt = torch_names.flat_params(random_model(pt_spec, seed=8))
+    template = _template(ft_spec, seed=9)
+    resized = [k for k in template if "rel_pos" in k and template[k].shape != pt[k].shape]
+    assert resized  # the last stage's q stride comes back in the fine-tuning form
+    exp = export.export_params(pt, pt_spec, "torchvision")
+    got = import_torch.import_params(exp.tensors, ft_spec, template, "torchvision")
+    assert got.source_pretrain and got.fresh == sorted(
+        ["head/bias", "head/kernel", "norm/bias", "norm/scale"]
+    )
+    for key in resized:
+        want = mvit.resize_rel_pos(pt[key], template[key].shape[0])
+        np.testing.assert_array_equal(got.params[key], want, err_msg=key)
+    np.testing.assert_array_equal(
+        got.params["blocks/0/attn/qkv/kernel"], pt["blocks/0/attn/qkv/kernel"]
+    )
