@@ -409,10 +409,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         f"loss became {last['loss']} at step {step}; lower "
                         "config.optim.base_lr or check the input data."
                     )
-            preempted = sigterm.requested or ckpts.reached_preemption(step)
-            final = preempted or step == trainer.total_steps
-            ckpts.save(step, state, data=data, rng=rng, config=config, force=final)
-            if preempted:
+            # The save policy already asks Orbax about preemption every step; ask again only
+            # when it saved, to learn whether that save was the preemption one.
+            stop = sigterm.requested
+            final = stop or step == trainer.total_steps
+            saved = ckpts.save(step, state, data=data, rng=rng, config=config, force=final)
+            if stop or (saved and not final and ckpts.reached_preemption(step)):
                 ckpts.wait_until_finished()
                 logging.warning(
                     "Stopped at step %d for preemption; checkpoint %s/%d is saved. Run the same "
