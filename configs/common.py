@@ -77,6 +77,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
             mean=IMAGENET_MEAN,
             std=IMAGENET_STD,
             worker_count=0,
+            # A bad record is replaced by another (up to max_retries in a row) and logged; the
+            # run stops once more than max_bad_fraction of the records read were bad.
+            max_retries=10,
+            max_bad_fraction=0.05,
         )
     )
 
@@ -152,11 +156,15 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
         )
     )
     c.input.update(
-        dataset="kinetics400",
+        dataset="kinetics400",  # record shards made by maskfeat_jax.data.prepare_video
         examples_per_epoch=240_436,  # the official train list; copies differ, set yours
         batch_size=512,
         mean=KINETICS_MEAN,
         std=KINETICS_STD,
+        frame_stride=4,  # 16 frames x stride 4 of a 30 fps timeline
+        target_fps=30.0,
+        short_side=320,  # the reference trains on videos scaled to a 320 px short side
+        min_frames=None,  # shorter videos are skipped (None: num_frames)
     )
     c.optim.update(base_lr=1e-4, lr_batch_reference=32, warmup_epochs=10)
     return c

@@ -7,7 +7,8 @@ masks 40% of 8x7x7; global batch 512 at 1e-4 per 32 clips, 10 warmup epochs, cli
 Remat per block and bfloat16 compute for TPU memory.
 Expected: fine-tuned K400 top-1 84.3 (1 x 10 views) after 800 epochs.
 
-Run:
+Run (DATA_DIR holds record shards of Kinetics-400's train videos, made once with
+`python -m maskfeat_jax.data.prepare_video --videos_dir k400/train --out $DATA_DIR --split train`):
   python -m maskfeat_jax.main --config configs/k400_mvitv2_l_pretrain.py \
       --config.input.data_dir=$DATA_DIR --workdir gs://bucket/maskfeat/mvit_l
 Variants: `:300ep` for the yaml's 300-epoch schedule.

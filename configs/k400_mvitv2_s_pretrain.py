@@ -7,7 +7,8 @@ augmentation; cube masks 40% of 8x7x7; global batch 512 at 1e-4 per 32 clips (1.
 stays 14x14 (one 108-d HOG target per 2 frames x 16 x 16 px).
 Expected: fine-tuned K400 top-1 82.2 (1 x 10 views) after 300 epochs.
 
-Run:
+Run (DATA_DIR holds record shards of Kinetics-400's train videos, made once with
+`python -m maskfeat_jax.data.prepare_video --videos_dir k400/train --out $DATA_DIR --split train`):
   python -m maskfeat_jax.main --config configs/k400_mvitv2_s_pretrain.py \
       --config.input.data_dir=$DATA_DIR --workdir gs://bucket/maskfeat/mvit_s
 """

@@ -29,6 +29,7 @@ from absl import logging
 from flax import nnx
 
 from maskfeat_jax import checkpoint, hog, masking, models, objectives, optim, sharding
+from maskfeat_jax.data import skipping
 
 Batch = Mapping[str, Any]
 
@@ -281,21 +282,29 @@ class MetricsLog:
                 )
 
 
-def train_iterator(config: ml_collections.ConfigDict, spec) -> Iterator[dict[str, np.ndarray]]:
-    """This host's slice of each global batch, from the configured source."""
+def train_iterator(
+    config: ml_collections.ConfigDict, spec, workdir: str | None = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """This host's slice of each global batch, from the configured source (the embedded
+    videos are built in ``workdir`` on first use)."""
     # grain is only needed when training.
+    import grain
+
     from maskfeat_jax.data import images as image_data
     from maskfeat_jax.data import videos as video_data
 
+    shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
     kwargs = dict(
         image_size=spec.image_size,
         mask_grid=mask_grid(config, spec),
-        per_host_batch=config.input.batch_size // jax.process_count(),
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
+        per_host_batch=config.input.batch_size // shard.shard_count,
+        shard_index=shard.shard_index,
+        shard_count=shard.shard_count,
     )
     if spec.is_video:
-        return video_data.iterator_from_config(config, num_frames=spec.num_frames, **kwargs)
+        return video_data.iterator_from_config(
+            config, num_frames=spec.num_frames, workdir=workdir, **kwargs
+        )
     return image_data.iterator_from_config(config, **kwargs)
 
 
@@ -363,7 +372,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             mem.temp_size_in_bytes / 2**20,
         )
 
-    data = train_iterator(config, trainer.spec)
+    data = train_iterator(config, trainer.spec, workdir)
+    bad_inputs = skipping.BadInputMonitor(config.input.get("max_bad_fraction", 0.05))
+    model_inputs = tuple(trainer.abstract_batch())
     ckpts = checkpoint.RunCheckpoints.from_config(workdir, config)
     state, rng, start, source = initial_state(trainer, ckpts, data)
     logging.info(
@@ -382,10 +393,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     sigterm = checkpoint.SigtermWatcher()
     try:
         for step in range(start + 1, trainer.total_steps + 1):
-            batch = sharding.to_global(next(data), trainer.batch_sharding)
+            host_batch = bad_inputs.observe(next(data))
+            batch = sharding.to_global(
+                {k: host_batch[k] for k in model_inputs}, trainer.batch_sharding
+            )
             state, metrics = compiled(state, batch)
             if step == start + 1 or step % every == 0 or step == trainer.total_steps:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                last["skipped_inputs"] = float(bad_inputs.skipped)
                 now = time.perf_counter()
                 speed = ""
                 if t_last is not None:  # the first step includes warm-up; time from there on

@@ -157,6 +157,9 @@ def test_video_demo_smoke_run_end_to_end(tmp_path):
     assert all(np.isfinite(line["loss"]) for line in lines)
     assert lines[-1]["loss"] < lines[0]["loss"]
     assert (workdir / "checkpoints" / "10").is_dir()
+    # The clips came from the embedded H.264 videos, built in the workdir on first use.
+    assert (workdir / "embedded_videos" / "train.json").is_file()
+    assert all(line["skipped_inputs"] == 0 for line in lines)
     c = demo_video.get_config()
     assert c.model.name == "mvit" and c.mask.kind == "cube" and c.input.dataset == "embedded"
 

@@ -5,6 +5,7 @@ import json
 import math
 
 import numpy as np
+from PIL import Image
 import pytest
 
 from maskfeat_jax import masking
@@ -216,7 +217,7 @@ def test_hflip_happens_about_half_the_time():
 def test_batch_shapes_dtypes_and_values(photos):
     batches = take(_dataset(photos, per_host_batch=8), 3)
     for b in batches:
-        assert set(b) == {"image", "mask"}
+        assert set(b) == {"image", "mask", "label", "skipped", "skipped_ids"}
         assert b["image"].shape == (8, SIZE, SIZE, 3)
         assert b["image"].dtype == np.uint8
         assert b["mask"].shape == (8, 4, 4) and b["mask"].dtype == bool
@@ -353,8 +354,12 @@ def test_iterator_from_config_embedded():
 
 
 def test_records_with_image_key_are_accepted(photos):
-    records = [{"image": p, "label": i} for i, p in enumerate(photos)]
-    assert_batches_equal(take(_dataset(records), 2), take(_dataset(photos), 2))
+    records = [{"image": p, "label": 10 + i} for i, p in enumerate(photos)]
+    from_records, from_arrays = take(_dataset(records), 2), take(_dataset(photos), 2)
+    for a, b in zip(from_records, from_arrays):
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+        assert (b["label"] == -1).all() and (a["label"] >= 10).all()  # labels travel along
 
 
 @pytest.mark.parametrize(
@@ -382,3 +387,112 @@ def test_invalid_photos_raise():
         _dataset([np.zeros((32, 32, 3), np.float32)])
     with pytest.raises(ValueError, match="empty"):
         _dataset([])
+
+
+# ---------------------------------------------------------------- folders, bad images, eval
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory, photos):
+    """root/<class>/<file>: two classes of real photos, one PNG and one JPEG each, plus a
+    corrupt JPEG and a file that is not an image."""
+    root = tmp_path_factory.mktemp("folder") / "train"
+    for c, names in enumerate((("astronaut", "coffee"), ("camera", "china"))):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        embedded_photos = [embedded.load_photo(n) for n in names]
+        Image.fromarray(embedded_photos[0]).save(folder / "a.png")
+        Image.fromarray(embedded_photos[1]).save(folder / "b.jpg", quality=95)
+    (root / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "class_1" / "notes.txt").write_text("ignored: not an image extension")
+    return str(root)
+
+
+def test_image_folder_lists_classes_and_decodes(image_folder):
+    source = images.ImageFolder(image_folder)
+    assert source.classes == ("class_0", "class_1")
+    assert [f for f, _ in source.files] == [
+        "class_0/a.png",
+        "class_0/b.jpg",
+        "class_1/a.png",
+        "class_1/b.jpg",
+        "class_1/broken.jpg",
+    ]
+    item = source[0]
+    np.testing.assert_array_equal(item["image"], embedded.load_photo("astronaut"))
+    assert item["label"] == 0 and source[2]["label"] == 1
+    gray = source[2]["image"]  # the grayscale camera photo comes back as RGB
+    assert gray.shape == (512, 512, 3) and (gray[..., 0] == gray[..., 2]).all()
+    with pytest.raises(images.skipping.BadImage, match="class_1/broken.jpg"):
+        source[4]
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        images.ImageFolder(image_folder + "_missing")
+
+
+def test_bad_images_are_skipped_and_counted(image_folder):
+    source = images.ImageFolder(image_folder)
+    batches = list(_dataset(source, per_host_batch=5, num_epochs=4))
+    skipped = sum(int(b["skipped"].sum()) for b in batches)
+    assert skipped >= 4  # the broken file, once per epoch
+    assert all("broken.jpg" in r for b in batches for r in b["skipped_ids"] if r)
+    assert all(set(b["label"].tolist()) <= {0, 1} for b in batches)
+
+
+def test_eval_view_matches_torchvision_resize_and_center_crop(photos):
+    from torchvision.transforms import v2
+
+    ref = v2.Compose(
+        [v2.Resize(256, interpolation=v2.InterpolationMode.BICUBIC), v2.CenterCrop(224)]
+    )
+    for photo in photos[:4]:
+        ours = images.resize_center_crop(photo, 256, 224)
+        pil = ref(Image.fromarray(photo))
+        np.testing.assert_array_equal(ours, np.asarray(pil))
+
+
+def test_eval_pipeline_pads_hosts_to_equal_batches(photos):
+    n, batch = len(photos), 4
+    per_host = []
+    for host in range(4):
+        ds = images.make_image_eval_dataset(
+            photos, image_size=SIZE, per_host_batch=batch, shard_index=host, shard_count=4
+        )
+        per_host.append(list(ds))
+    assert {len(b) for b in per_host} == {1}  # ceil(ceil(6 / 4) / 4) batches everywhere
+    seen = [int(i) for bs in per_host for b in bs for i, ok in zip(b["index"], b["valid"]) if ok]
+    assert sorted(seen) == list(range(n))
+    first = per_host[0][0]
+    assert first["image"].shape == (batch, SIZE, SIZE, 3) and first["valid"].sum() == 2
+    np.testing.assert_array_equal(
+        first["image"][0], images.resize_center_crop(photos[0], round(SIZE / 0.875), SIZE)
+    )
+    assert images.eval_indices(6, 1, 4, 4) == [1, 5, -1, -1]
+
+
+def test_iterator_from_config_reads_folders_and_tfds(image_folder, monkeypatch):
+    import ml_collections
+    import tensorflow_datasets as tfds
+
+    def config(**kw):
+        c = ml_collections.ConfigDict(dict(seed=0))
+        c.mask = ml_collections.ConfigDict(dict(kind="block", grid=None, ratio=0.4))
+        c.input = ml_collections.ConfigDict(dict(split="train", **kw))
+        return c
+
+    kw = dict(image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
+    root = image_folder.rsplit("/", 1)[0]
+    batch = next(images.iterator_from_config(config(dataset="folder", data_dir=root), **kw))
+    assert batch["image"].shape == (2, SIZE, SIZE, 3)
+    # tfds ArrayRecord builds are opened with tfds.data_source (building one needs
+    # TensorFlow, so a list of records stands in for the returned source).
+    calls = []
+
+    def data_source(name, split, data_dir):
+        calls.append((name, split, data_dir))
+        return [{"image": embedded.load_photo("coffee"), "label": 7}] * 3
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    batch = next(images.iterator_from_config(config(dataset="imagenet2012", data_dir="/d"), **kw))
+    assert calls == [("imagenet2012", "train", "/d")] and (batch["label"] == 7).all()
+    with pytest.raises(ValueError, match="input.data_dir"):
+        images.iterator_from_config(config(dataset="folder"), **kw)

@@ -1,29 +1,47 @@
-"""Tests for the camera paths over photos and the grain video pretraining pipeline."""
+"""Tests for the video record pipelines: embedded H.264 videos, PyAV clip decoding, training
+and evaluation streams, per-host sharding, iterator state and bad-input skipping."""
 
-import dataclasses
-import itertools
-import json
-import math
+import io
 
+import av
 import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
 from maskfeat_jax import masking
-from maskfeat_jax.data import camera_paths, embedded, images, videos
-from maskfeat_jax.data.camera_paths import CameraPath, render_clip, sample_path
+from maskfeat_jax.data import (
+    embedded,
+    embedded_video,
+    skipping,
+    video_decode,
+    video_records,
+    videos,
+)
+from maskfeat_jax.data.video_records import BadVideo, decode_record, encode_record
 from tests.batches import assert_batches_equal, take
 
-FRAMES, SIZE = 4, 32  # tiny clips keep the tests fast
-GRID = (2, 4, 4)  # one mask unit = 2 frames x 8x8 px; num = round(32 * 0.4) = 13
+SMALL = embedded_video.EmbeddedVideos(
+    videos_per_photo=2, num_frames=40, height=64, width=80, gop=16
+)
+FRAMES, SIZE, GRID = 4, 32, (2, 4, 4)  # one mask unit = 2 frames x 8 x 8 px
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return embedded_video.ensure(str(tmp_path_factory.mktemp("videos") / "embedded"), SMALL)
+
+
+@pytest.fixture(scope="session")
+def train_source(data_dir):
+    return video_records.VideoRecords(data_dir, "train")
 
 
 def _gen():
     return masking.CubeMaskGenerator(grid=GRID, ratio=0.4)
 
 
-def _dataset(photos, **kw):
+def _dataset(source, **kw):
     args = dict(
         num_frames=FRAMES,
         image_size=SIZE,
@@ -34,431 +52,426 @@ def _dataset(photos, **kw):
         prefetch_batches=2,
     )
     args.update(kw)
-    return videos.make_video_pretrain_dataset(photos, **args)
+    return videos.make_video_pretrain_dataset(source, **args)
 
 
-def _mad(a, b):
-    return float(np.abs(a.astype(np.float64) - b).mean())
+def _all_frames(data):
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
-@pytest.fixture(scope="module")
-def photos():
-    # Square, wide and grayscale photos of different sizes.
-    return embedded.load_photos(("astronaut", "china", "camera", "text"))
+def _psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return 10 * np.log10(255.0**2 / mse)
 
 
-def _constant_photos(n):
-    """Photo i is a constant image of value 10*i + 5 (sizes vary): its clips
-    stay constant, so every clip reveals which photo it came from."""
-    return [np.full((40 + 7 * i, 90 - 5 * i, 3), 10 * i + 5, np.uint8) for i in range(n)]
+def _labelled_records(source, n):
+    """n in-memory records that all hold one real video; label i identifies record i."""
+    record = decode_record(source[0])
+    return [encode_record(f"copy{i}", i, record["video"], record) for i in range(n)]
 
 
-def _indices(batch):
-    img = batch["image"]
-    assert (img == img[:, :1, :1, :1, :1]).all()
-    return ((img[:, 0, 0, 0, 0].astype(int) - 5) // 10).tolist()
+# ---------------------------------------------------------------- embedded videos and decoding
 
 
-# ---------------------------------------------------------------- camera paths
+def test_embedded_dataset_layout(data_dir, train_source):
+    info = video_records.read_info(data_dir, "train")
+    assert info["num_records"] == len(train_source) == 2 * len(embedded.PHOTO_NAMES)
+    assert info["classes"] == list(embedded.PHOTO_NAMES) and info["failures"] == []
+    assert len(video_records.VideoRecords(data_dir, "validation")) == len(embedded.PHOTO_NAMES)
+    ids, labels = [], []
+    for i in range(len(train_source)):
+        r = decode_record(train_source[i])
+        assert (r["num_frames"], r["fps"], r["height"], r["width"]) == (40, 30.0, 64, 80)
+        ids.append(r["id"])
+        labels.append(r["label"])
+        assert r["id"].split("/")[1] == embedded.PHOTO_NAMES[r["label"]]
+    assert len(set(ids)) == len(ids) and sorted(set(labels)) == list(range(21))
+    # Built once: a second call with the same settings reuses it, other settings are refused.
+    assert embedded_video.ensure(data_dir, SMALL) == data_dir
+    with pytest.raises(ValueError, match="made with"):
+        embedded_video.ensure(data_dir, embedded_video.EmbeddedVideos())
 
 
-@pytest.mark.parametrize("shape", [(512, 512), (427, 640), (172, 448), (800, 100)])
-def test_sampled_paths_stay_inside_the_photo(shape):
+def test_key_frames_every_gop_so_decoding_must_seek(train_source):
+    data = decode_record(train_source[0])["video"]
+    with av.open(io.BytesIO(data)) as container:
+        keys = [i for i, f in enumerate(container.decode(video=0)) if f.key_frame]
+    assert keys == [0, 16, 32]
+
+
+def test_decoded_frames_are_the_rendered_frames(train_source):
+    """The frames at the sampled indices, whatever the seek lands on, equal a full decode
+    and are the camera-path frames of those indices (H.264 loses a little)."""
     rng = np.random.default_rng(0)
-    for i in range(150):
-        path = sample_path(rng, shape, max_zoom=2.0, max_rotation=(10.0, 45.0, 90.0)[i % 3])
-        assert path.fits(shape, num_frames=17), path
-        assert path.fits(shape, num_frames=2), path
-        assert 0 < path.start_scale <= 1 and 0 < path.end_scale <= 1
-        assert 3 / 4 - 1e-9 <= path.aspect <= 4 / 3 + 1e-9
+    matched = checked = 0
+    for i in (0, 5, 17):
+        record = decode_record(train_source[i])
+        full = _all_frames(record["video"])
+        assert len(full) == record["num_frames"]
+        _, name, k = record["id"].split("/")
+        rendered = embedded_video.render_video(name, "train", int(k), SMALL)
+        for _ in range(3):
+            idx = video_decode.clip_frame_indices(
+                40, num_frames=8, stride=2, fps=30, target_fps=30, rng=rng
+            )
+            clip = video_decode.decode_frames(record["video"], idx, record["fps"])
+            assert clip.shape == (8, 64, 80, 3) and clip.dtype == np.uint8
+            np.testing.assert_array_equal(clip, full[idx])
+            for t, j in enumerate(idx):
+                scores = [_psnr(clip[t], frame) for frame in rendered]
+                assert scores[j] > 24 and abs(int(np.argmax(scores)) - j) <= 1
+                matched += int(np.argmax(scores)) == j
+                checked += 1
+        # Indices out of order and repeated come back in that order.
+        idx = np.array([33, 2, 2, 39])
+        np.testing.assert_array_equal(
+            video_decode.decode_frames(record["video"], idx, 30.0), full[idx]
+        )
+    # Where the camera moves, a decoded frame is closest to its own rendered frame (near
+    # the gentle start and stop, neighbours can tie).
+    assert matched >= 0.8 * checked
 
 
-def test_sampled_path_draws_like_random_resized_crop():
-    rng = np.random.default_rng(1)
-    scale, ratio = (0.1, 0.3), (0.5, 2.0)
-    # Small boxes on a big photo always fit, so nothing is shrunk.
-    paths = [
-        sample_path(rng, (1000, 1000), scale=scale, ratio=ratio, max_zoom=1.0, max_rotation=0.0)
-        for _ in range(2000)
-    ]
-    areas = np.array([p.start_scale for p in paths])
-    log_aspects = np.log([p.aspect for p in paths])
-    assert areas.min() >= 0.1 and areas.max() <= 0.3
-    assert abs(areas.mean() - 0.2) < 0.01 and abs(areas.std() - 0.2 / math.sqrt(12)) < 0.01
-    assert abs(log_aspects.mean()) < 0.05 and log_aspects.min() >= math.log(0.5) - 1e-9
-    assert abs(log_aspects.std() - 2 * math.log(2) / math.sqrt(12)) < 0.02
-    # No zoom or rotation asked for: none happens; the centre moves by <= max_shift.
-    for p in paths[:100]:
-        assert p.end_scale == p.start_scale and p.start_rotation == p.end_rotation == 0
-        shift = np.subtract(p.end_center, p.start_center)
-        assert (np.abs(shift) <= 0.25 + 1e-12).all()
-    # Zoom stays within max_zoom (side length), rotation within max_rotation.
-    for _ in range(200):
-        p = sample_path(rng, (1000, 1000), scale=scale, max_zoom=1.3, max_rotation=10.0)
-        zoom = math.sqrt(p.start_scale / p.end_scale)
-        assert 1 / 1.3 - 1e-9 <= zoom <= 1.3 + 1e-9
-        assert abs(p.start_rotation) <= 10 and abs(p.end_rotation) <= 10
-
-
-def test_too_large_boxes_are_shrunk_to_fit():
-    # Full-area boxes with aspect 4/3 on a square photo cannot fit as drawn.
-    rng = np.random.default_rng(2)
-    for _ in range(50):
-        p = sample_path(rng, (100, 100), scale=(1.0, 1.0), ratio=(4 / 3, 4 / 3), max_zoom=1.0)
-        assert p.fits((100, 100), num_frames=9)
-        assert p.start_scale < 0.76  # w = 100 at most: area <= 100 * 75
-
-
-def test_sample_path_is_deterministic_per_rng():
-    a = sample_path(np.random.default_rng(5), (300, 400))
-    b = sample_path(np.random.default_rng(5), (300, 400))
-    c = sample_path(np.random.default_rng(6), (300, 400))
-    assert a == b and a != c
-
-
-def test_path_interpolation_endpoints_and_ease():
-    p = CameraPath(
-        start_center=(0.3, 0.4),
-        end_center=(0.6, 0.5),
-        start_scale=0.25,
-        end_scale=0.64,
-        start_rotation=-5,
-        end_rotation=5,
+def test_clip_indices_follow_slowfast_sampling():
+    kw = dict(num_frames=16, stride=4, fps=30, target_fps=30)
+    # Test clips: offset sampling, clip k of 10 starts at k * floor((300 - 64) / 9) = 26 k.
+    first = [0, 4, 8, 12, 16, 21, 25, 29, 33, 37, 42, 46, 50, 54, 58, 63]
+    np.testing.assert_array_equal(
+        video_decode.clip_frame_indices(300, clip_index=0, num_clips=10, **kw), first
     )
-    params = p.frame_params(5)
-    np.testing.assert_allclose(params[0], [0.3, 0.4, 0.25, -5])
-    np.testing.assert_allclose(params[-1], [0.6, 0.5, 0.64, 5])
-    np.testing.assert_allclose(params[2], [0.45, 0.45, 0.4, 0])  # geometric area midpoint
-    # Smoothstep starts and ends slower than linear progress.
-    linear = dataclasses.replace(p, ease="linear").progress(5)
-    np.testing.assert_allclose(linear, [0, 0.25, 0.5, 0.75, 1])
-    eased = p.progress(5)
-    assert eased[1] < linear[1] and eased[3] > linear[3] and eased[2] == 0.5
-    assert (np.diff(eased) > 0).all()
-    assert p.frame_params(1).shape == (1, 4) and p.progress(1)[0] == 0
+    last = video_decode.clip_frame_indices(300, clip_index=9, num_clips=10, **kw)
+    np.testing.assert_array_equal(last, np.array(first) + 234)
+    # One test clip: the centre. A 60 fps video spans twice the frames for the same time.
+    np.testing.assert_array_equal(video_decode.clip_frame_indices(100, **kw), np.array(first) + 18)
+    at60 = video_decode.clip_frame_indices(300, **{**kw, "fps": 60})
+    assert at60[0] == 86 and at60[-1] == 86 + 127
+    # Shorter than the clip: clamped to the last frame.
+    short = video_decode.clip_frame_indices(40, **kw)
+    assert short.max() == 39 and (np.diff(short) >= 0).all()
+    # Training clips start uniformly in [0, 300 - 64].
+    rng = np.random.default_rng(0)
+    starts = [video_decode.clip_frame_indices(300, rng=rng, **kw)[0] for _ in range(2000)]
+    assert min(starts) < 5 and 230 < max(starts) <= 236
+    assert abs(np.mean(starts) - 118) < 5
 
 
-# ---------------------------------------------------------------- rendering
+def test_short_side_size_floors_the_long_side():
+    assert video_decode.short_side_size(240, 320, 256) == (256, 341)
+    assert video_decode.short_side_size(320, 240, 256) == (341, 256)
+    assert video_decode.short_side_size(240, 320, 0) == (240, 320)
 
 
-def test_render_clip_shape_dtype_and_determinism(photos):
-    for i, photo in enumerate(photos):
-        path = sample_path(np.random.default_rng(i), photo.shape)
-        clip = render_clip(photo, path, FRAMES, SIZE)
-        assert clip.shape == (FRAMES, SIZE, SIZE, 3) and clip.dtype == np.uint8
-        assert clip.std() > 5  # real content, no black borders filling it
-        np.testing.assert_array_equal(render_clip(photo, path, FRAMES, SIZE), clip)
-    # Any frame count and size >= 1 works.
-    assert render_clip(photos[0], path, 1, 1).shape == (1, 1, 1, 3)
+# ---------------------------------------------------------------- training stream
 
 
-def test_zero_motion_path_gives_identical_frames(photos):
-    path = CameraPath(
-        start_center=(0.4, 0.6), end_center=(0.4, 0.6), start_scale=0.3, end_scale=0.3, aspect=1.2
-    )
-    clip = render_clip(photos[1], path, 6, SIZE)
-    for frame in clip[1:]:
-        np.testing.assert_array_equal(frame, clip[0])
-
-
-def test_full_view_path_matches_plain_resize(photos):
-    for photo in photos:
-        height, width = photo.shape[:2]
-        path = CameraPath(aspect=width / height)  # whole photo, no motion
-        clip = render_clip(photo, path, 2, 48)
-        ref = np.asarray(Image.fromarray(photo).resize((48, 48), Image.Resampling.BICUBIC))
-        assert _mad(clip[0], ref) < 0.5
-        assert np.abs(clip[1].astype(int) - ref).max() <= 2
-
-
-def test_static_crop_matches_crop_then_resize(photos):
-    # Centre quarter of the 512x512 astronaut: box [128, 384) on both axes.
-    photo = photos[0]
-    clip = render_clip(photo, CameraPath(start_scale=0.25, end_scale=0.25), 1, 64)
-    ref = (
-        Image.fromarray(photo).crop((128, 128, 384, 384)).resize((64, 64), Image.Resampling.BICUBIC)
-    )
-    diff = np.abs(clip[0].astype(int) - np.asarray(ref))
-    assert diff.mean() < 0.5 and diff[2:-2, 2:-2].max() <= 2  # borders filter differently
-
-
-def test_rotation_turns_the_box_counter_clockwise(photos):
-    photo = photos[0]
-    upright = render_clip(photo, CameraPath(start_scale=0.25, end_scale=0.25), 1, 32)[0]
-    turned = CameraPath(start_scale=0.25, end_scale=0.25, start_rotation=90, end_rotation=90)
-    frame = render_clip(photo, turned, 1, 32)[0]
-    # The box turns counter-clockwise, so its content turns clockwise.
-    assert _mad(frame, np.rot90(upright, k=-1)) < 1.0
-    assert _mad(frame, np.rot90(upright, k=1)) > 20
-
-
-def test_consecutive_frames_move_smoothly(photos):
-    clips = [
-        render_clip(p, sample_path(np.random.default_rng(3 + i), p.shape), 8, 48)
-        for i, p in enumerate(photos)
-    ]
-    neighbour = [_mad(c[i], c[i + 1]) for c in clips for i in range(7)]
-    across = [_mad(a[0], b[0]) for a, b in itertools.combinations(clips, 2)]
-    assert min(neighbour) > 0.1  # the camera moves every frame
-    assert np.mean(neighbour) < 0.4 * np.mean(across), (neighbour, across)
-
-
-def test_smaller_motion_gives_closer_frames(photos):
-    photo = photos[1]
-    kw = dict(max_zoom=1.0, max_rotation=0.0)
-    small = [
-        sample_path(np.random.default_rng(i), photo.shape, max_shift=0.02, **kw) for i in range(4)
-    ]
-    large = [
-        sample_path(np.random.default_rng(i), photo.shape, max_shift=0.3, **kw) for i in range(4)
-    ]
-
-    def step(paths):
-        return np.mean([_mad(c[0], c[1]) for c in (render_clip(photo, p, 4, 48) for p in paths)])
-
-    assert step(small) < step(large)
-
-
-# ---------------------------------------------------------------- transform
-
-
-def test_hflip_flips_all_frames_together(photos):
-    kw = dict(num_frames=FRAMES, image_size=SIZE, mask_generator=_gen())
-    flip = videos.VideoPretrainTransform(photos, hflip=True, **kw)
-    keep = videos.VideoPretrainTransform(photos, hflip=False, **kw)
-    flipped = 0
-    for i in range(40):
-        out = flip.random_map(i % len(photos), np.random.default_rng(i))
-        # Same rng: the camera path is drawn before the flip, so only the flip differs.
-        ref = keep.random_map(i % len(photos), np.random.default_rng(i))["image"]
-        if np.array_equal(out["image"], ref):
-            continue
-        np.testing.assert_array_equal(out["image"], ref[:, :, ::-1])
-        flipped += 1
-        assert out["mask"].shape == GRID and out["mask"].dtype == bool
-    assert 10 <= flipped <= 30
-
-
-# ---------------------------------------------------------------- pipeline
-
-
-def test_batch_shapes_dtypes_and_values(photos):
-    batches = take(_dataset(photos, per_host_batch=3), 2)
+def test_batch_shapes_dtypes_and_values(train_source):
+    batches = take(_dataset(train_source, per_host_batch=3), 2)
     for b in batches:
-        assert set(b) == {"image", "mask"}
+        assert set(b) == {"image", "mask", "label", "skipped", "skipped_ids"}
         assert b["image"].shape == (3, FRAMES, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
         assert b["mask"].shape == (3, *GRID) and b["mask"].dtype == bool
+        assert b["label"].dtype == np.int32 and ((0 <= b["label"]) & (b["label"] < 21)).all()
+        assert (b["skipped"] == 0).all() and (b["skipped_ids"] == "").all()
         assert b["image"].max() > 150 and b["image"].min() < 60
     assert not np.array_equal(batches[0]["image"], batches[1]["image"])
 
 
-def test_cube_mask_grid_and_ratio(photos):
-    masks = np.concatenate([b["mask"] for b in take(_dataset(photos, per_host_batch=8), 3)])
-    assert masks.shape == (24, *GRID)
+def test_training_clip_is_the_crop_of_the_decoded_frames(train_source):
+    """One element by hand: the same rng draws give the same clip start, crop and flip."""
+    sampling = videos.ClipSampling(
+        num_frames=FRAMES, stride=4, target_fps=30, image_size=SIZE, short_side=48
+    )
+    transform = videos.VideoTrainTransform(train_source, sampling, mask_generator=_gen())
+    for seed in range(4):
+        out = transform.random_map(3, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        record = decode_record(train_source[3])
+        idx = video_decode.clip_frame_indices(
+            40, num_frames=FRAMES, stride=4, fps=30, target_fps=30, rng=rng
+        )
+        frames = _all_frames(record["video"])[idx]
+        top, left, h, w = videos.sample_crop_box(rng, 48, 60, (0.5, 1.0), (3 / 4, 4 / 3))
+        s = 64 / 48  # the 64 x 80 frames scaled to 48 x 60
+        box = (left * s, top * s, (left + w) * s, (top + h) * s)
+        ref = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(f).resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box)
+                )
+                for f in frames
+            ]
+        )
+        if rng.random() < 0.5:
+            ref = ref[:, :, ::-1]
+        np.testing.assert_array_equal(out["image"], ref)
+        np.testing.assert_array_equal(out["mask"], _gen()(rng))
+
+
+def test_cube_masks_per_clip(train_source):
+    masks = np.concatenate([b["mask"] for b in take(_dataset(train_source, per_host_batch=8), 2)])
     counts = masks.sum(axis=(1, 2, 3))
     assert (counts >= 1).all() and (counts <= 13).all()
-    assert 0.3 < masks.mean() <= 13 / 32
-    assert len({m.tobytes() for m in masks}) > len(masks) // 4  # drawn per clip
+    assert len({m.tobytes() for m in masks}) > len(masks) // 4
 
 
-def test_determinism_and_seed_dependence(photos):
-    a = take(_dataset(photos, seed=7), 2)
-    assert_batches_equal(a, take(_dataset(photos, seed=7), 2))
-    c = take(_dataset(photos, seed=8), 2)
+def test_determinism_and_seed_dependence(train_source):
+    a = take(_dataset(train_source, seed=7), 2)
+    assert_batches_equal(a, take(_dataset(train_source, seed=7), 2))
+    c = take(_dataset(train_source, seed=8), 2)
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c))
 
 
-def test_pipeline_order_is_the_index_stream_and_epochs_are_finite():
-    n = 5
-    photos = _constant_photos(n)
-    stream = [i for b in take(_dataset(photos, per_host_batch=1), 2 * n) for i in _indices(b)]
-    assert stream == list(itertools.islice(images.index_stream(n, seed=0), 2 * n))
-    for k in range(2):
-        assert sorted(stream[k * n : (k + 1) * n]) == list(range(n))
-    finite = list(_dataset(photos, num_epochs=2))
-    assert len(finite) == (2 * n) // 2
+def test_two_hosts_cover_every_record_once_per_epoch(train_source):
+    n = 10
+    records = _labelled_records(train_source, n)
+    per_host = []
+    for host in range(2):
+        ds = _dataset(records, per_host_batch=1, shard_index=host, shard_count=2, num_epochs=2)
+        per_host.append([int(b["label"][0]) for b in ds])
+    assert [len(s) for s in per_host] == [n, n]  # 2 epochs x n records / 2 hosts
+    merged = [x for pair in zip(*per_host) for x in pair]  # global positions
+    for epoch in range(2):
+        assert sorted(merged[epoch * n : (epoch + 1) * n]) == list(range(n))
+    assert merged[:n] != merged[n:]  # a fresh shuffle per epoch
+    assert set(per_host[0][: n // 2]).isdisjoint(per_host[1][: n // 2])
 
 
-def test_two_shards_cover_each_epoch_exactly_once():
-    n, count = 7, 2
-    photos = _constant_photos(n)
-    per_shard = []
-    for shard in range(count):
-        ds = _dataset(photos, per_host_batch=1, shard_index=shard, shard_count=count)
-        stream = [i for b in take(ds, n) for i in _indices(b)]
-        assert stream == list(
-            itertools.islice(
-                images.index_stream(n, seed=0, shard_index=shard, shard_count=count), n
-            )
-        )
-        per_shard.append(stream)
-    merged = [x for pair in zip(*per_shard) for x in pair]  # global positions 0..2n-1
-    for k in range(2):
-        assert sorted(merged[k * n : (k + 1) * n]) == list(range(n))
-
-
-def test_iterator_state_checkpoint_restore(photos):
-    it = iter(_dataset(photos))
+def test_iterator_state_checkpoint_restore(train_source):
+    it = iter(_dataset(train_source))
     take(it, 2)
     state = it.get_state()
-    json.dumps(state)  # small and serialisable
     after = take(it, 2)
-    fresh = iter(_dataset(photos))
+    fresh = iter(_dataset(train_source))
     fresh.set_state(state)
     assert_batches_equal(take(fresh, 2), after)
 
 
-def _video_config(**input_kw):
+def test_multiprocess_workers_match_in_process(train_source):
+    ref = take(_dataset(train_source), 2)
+    it = iter(_dataset(train_source, worker_count=2))
+    try:
+        assert_batches_equal(take(it, 2), ref)
+    finally:
+        it.close()
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+@pytest.fixture(scope="module")
+def bad_records(train_source, tmp_path_factory):
+    """Records that must be skipped: empty, not a video, cut short, too few frames."""
+    good = decode_record(train_source[0])
+    frames = _all_frames(good["video"])
+    path = str(tmp_path_factory.mktemp("bad") / "front.mp4")
+    with av.open(path, "w", format="mp4", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.height, stream.width, stream.pix_fmt = 64, 80, "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    front = open(path, "rb").read()  # index first: a cut file still opens
+    short = embedded_video.encode_h264(frames[:3], 30)
+    return [
+        encode_record("empty.mp4", 0, b"", good),
+        encode_record("text.mp4", 0, b"not a video at all" * 20, good),
+        encode_record("cut.mp4", 0, front[: len(front) // 2], good),
+        encode_record("short.mp4", 0, short, video_records.probe_video(short)),
+        b"\x00garbage record",
+    ]
+
+
+def test_each_kind_of_bad_video_is_refused(train_source, bad_records):
+    sampling = videos.ClipSampling(
+        num_frames=FRAMES, stride=4, target_fps=30, image_size=SIZE, short_side=0
+    )
+    reasons = []
+    for i in range(len(bad_records)):
+        with pytest.raises(BadVideo) as e:
+            sampling.read(bad_records, i, rng=np.random.default_rng(0))
+        reasons.append(str(e.value))
+    assert "empty.mp4: decoding failed" in reasons[0]
+    assert "text.mp4: decoding failed" in reasons[1]
+    assert reasons[2].startswith("cut.mp4: ")
+    assert "short.mp4: too short: 3 frames < 4" in reasons[3]
+    assert "not a video record" in reasons[4]
+
+
+def test_bad_records_are_skipped_counted_and_named(train_source, bad_records):
+    records = _labelled_records(train_source, 6) + bad_records
+    batches = list(_dataset(records, per_host_batch=11, num_epochs=1))
+    assert len(batches) == 1
+    b = batches[0]
+    assert b["image"].shape[0] == 11 and b["image"].max() > 0  # every slot holds a real clip
+    assert set(b["label"].tolist()) <= set(range(6))  # bad ones were replaced by good ones
+    assert b["skipped"].sum() >= len(bad_records)
+    text = "\n".join(b["skipped_ids"].tolist())
+    for name in ("empty.mp4", "text.mp4", "cut.mp4", "short.mp4", "not a video record"):
+        assert name in text
+    monitor = skipping.BadInputMonitor(max_fraction=0.5, min_seen=1)
+    stripped = monitor.observe(b)
+    assert set(stripped) == {"image", "mask", "label"}
+    assert monitor.skipped == b["skipped"].sum() and monitor.seen == 11 + monitor.skipped
+    with pytest.raises(skipping.TooManyBadInputs, match="max_bad_fraction=0.2"):
+        skipping.BadInputMonitor(max_fraction=0.2, min_seen=1).observe(b)
+
+
+def test_only_bad_records_stop_the_stream_with_a_clear_error(bad_records):
+    with pytest.raises(skipping.TooManyBadInputs, match="could not be read"):
+        take(_dataset(bad_records, max_retries=3), 1)
+
+
+def test_monitor_waits_for_enough_records():
+    batch = {
+        "image": np.zeros((4, 1)),
+        "skipped": np.array([1, 0, 0, 0]),
+        "skipped_ids": np.array(["record 3: x.mp4: too short", "", "", ""]),
+    }
+    monitor = skipping.BadInputMonitor(max_fraction=0.05, min_seen=20)
+    for _ in range(3):
+        monitor.observe(batch)  # 3 of 15 so far: not judged yet
+    with pytest.raises(skipping.TooManyBadInputs, match="4 of 20 records"):
+        monitor.observe(batch)
+    with pytest.raises(ValueError, match="max_bad_fraction"):
+        skipping.BadInputMonitor(max_fraction=1.5)
+
+
+# ---------------------------------------------------------------- evaluation stream
+
+
+def test_eval_views_cover_every_video_on_equal_host_batches(data_dir):
+    source = video_records.VideoRecords(data_dir, "validation")
+    n, clips, crops = len(source), 2, 3
+    hosts = []
+    for host in range(2):
+        ds = videos.make_video_eval_dataset(
+            source,
+            num_frames=FRAMES,
+            image_size=SIZE,
+            per_host_batch=8,
+            stride=4,
+            short_side=40,
+            num_clips=clips,
+            num_crops=crops,
+            shard_index=host,
+            shard_count=2,
+        )
+        hosts.append(list(ds))
+    assert len(hosts[0]) == len(hosts[1]) == -(-(n * clips * crops // 2) // 8)
+    views = {}
+    for batches in hosts:
+        for b in batches:
+            assert b["image"].shape == (8, FRAMES, SIZE, SIZE, 3)
+            for v, ok, label in zip(b["video_index"], b["valid"], b["label"]):
+                if ok:
+                    views[int(v)] = views.get(int(v), 0) + 1
+                    assert label == decode_record(source[int(v)])["label"]
+    assert views == {v: clips * crops for v in range(n)}
+    padding = sum(int((~b["valid"]).sum()) for batches in hosts for b in batches)
+    assert padding == 2 * len(hosts[0]) * 8 - n * clips * crops
+
+
+def test_eval_crops_are_left_centre_right_of_the_scaled_frames(data_dir):
+    source = video_records.VideoRecords(data_dir, "validation")
+    ds = videos.make_video_eval_dataset(
+        source,
+        num_frames=FRAMES,
+        image_size=SIZE,
+        per_host_batch=3,
+        stride=4,
+        short_side=40,
+        num_clips=1,
+        num_crops=3,
+    )
+    b = next(iter(ds))
+    record = decode_record(source[0])
+    idx = video_decode.clip_frame_indices(40, num_frames=FRAMES, stride=4, fps=30, target_fps=30)
+    frames = _all_frames(record["video"])[idx]
+    # 64 x 80 scaled to 40 x 50; 32 px crops at x = 0, 9, 18.
+    for crop, left in enumerate((0, 9, 18)):
+        box = (left * 1.6, 4 * 1.6, (left + 32) * 1.6, 36 * 1.6)
+        ref = [
+            np.asarray(Image.fromarray(f).resize((SIZE, SIZE), Image.Resampling.BILINEAR, box=box))
+            for f in frames
+        ]
+        np.testing.assert_array_equal(b["image"][crop], np.stack(ref))
+    assert videos.uniform_crop_box(50, 40, 32, 0, 3) == (0, 4, 32, 32)  # tall: along height
+    with pytest.raises(ValueError, match="raise short_side"):
+        videos.uniform_crop_box(20, 40, 32, 0, 1)
+
+
+def test_bad_eval_video_is_an_invalid_counted_view(train_source, bad_records):
+    records = _labelled_records(train_source, 2) + bad_records[:1]
+    ds = videos.make_video_eval_dataset(
+        records,
+        num_frames=FRAMES,
+        image_size=SIZE,
+        per_host_batch=4,
+        stride=4,
+        short_side=0,
+        num_clips=1,
+    )
+    b = next(iter(ds))
+    assert b["valid"].tolist() == [True, True, False, False]
+    assert b["skipped"].tolist() == [0, 0, 1, 0] and "empty.mp4" in b["skipped_ids"][2]
+
+
+# ---------------------------------------------------------------- from the config
+
+
+def _video_config(directory, **input_kw):
     c = ml_collections.ConfigDict()
     c.seed = 3
     c.mask = ml_collections.ConfigDict(dict(kind="cube", grid=None, ratio=0.4))
     c.input = ml_collections.ConfigDict(
-        dict(dataset="embedded", split="validation", scale=(0.5, 1.0), hflip=True, worker_count=0)
+        dict(
+            dataset="embedded",
+            data_dir=directory,
+            split="validation",
+            frame_stride=4,
+            short_side=0,
+            embedded_videos=SMALL.__dict__.copy(),
+        )
     )
     c.input.update(input_kw)
     return c
 
 
-def test_iterator_from_config_embedded():
+def test_iterator_from_config_embedded(data_dir):
     kw = dict(image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2)
-    it = videos.iterator_from_config(_video_config(), **kw)
-    first = next(it)
+    first = next(videos.iterator_from_config(_video_config(data_dir), **kw))
     assert first["image"].shape == (2, FRAMES, SIZE, SIZE, 3)
-    assert first["mask"].shape == (2, *GRID)
-    assert_batches_equal([next(videos.iterator_from_config(_video_config(), **kw))], [first])
-    # input.seed wins over the global seed.
-    other = next(videos.iterator_from_config(_video_config(seed=4), **kw))
+    assert_batches_equal(
+        [next(videos.iterator_from_config(_video_config(data_dir), **kw))], [first]
+    )
+    other = next(videos.iterator_from_config(_video_config(data_dir, seed=4), **kw))
     assert not np.array_equal(other["image"], first["image"])
 
 
 @pytest.mark.parametrize(
     "overrides, kw, match",
     [
-        (dict(dataset="imagenet2012"), {}, r"currently reads 'embedded'.*dataset=embedded"),
+        (dict(dataset="kinetics400", data_dir=None), {}, r"prepare_video.*input.data_dir"),
+        (dict(split="test"), {}, r"no split 'test'.*prepare_video"),
         ({}, dict(mask_grid=(4, 4)), r"must be 3-D \(T, H, W\)"),
         ({}, dict(mask_grid=(3, 4, 4)), "T dividing num_frames=4"),
         ({}, dict(mask_grid=(2, 5, 5)), "dividing image_size=32"),
+        (dict(frame_stride=0), {}, "stride must be a positive int"),
+        (dict(short_side=-1), {}, "short_side >= 0"),
     ],
 )
-def test_iterator_from_config_errors(overrides, kw, match):
+def test_iterator_from_config_errors(data_dir, overrides, kw, match):
     args = dict(image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2)
     args.update(kw)
-    with pytest.raises(ValueError, match=match):
-        videos.iterator_from_config(_video_config(**overrides), **args)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        videos.iterator_from_config(_video_config(data_dir, **overrides), **args)
 
 
-def test_iterator_from_config_needs_cube_masks():
-    config = _video_config()
+def test_iterator_from_config_needs_cube_masks(data_dir):
+    config = _video_config(data_dir)
     config.mask.kind = "block"
     with pytest.raises(ValueError, match="mask.kind=cube"):
         videos.iterator_from_config(
             config, image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2
         )
-
-
-# ---------------------------------------------------------------- bad inputs
-
-
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(num_frames=0), "num_frames must be a positive int"),
-        (dict(image_size=0), "image_size must be a positive int"),
-        (dict(num_frames=3), "T dividing num_frames=3"),
-        (dict(image_size=30), "dividing image_size=30"),
-        (dict(mask_generator=masking.BlockMaskGenerator(grid=(4, 4))), "must be 3-D"),
-        (dict(per_host_batch=0), "per_host_batch"),
-        (dict(shard_index=2, shard_count=2), "shard_index < shard_count"),
-        (dict(scale=(0.0, 1.0)), "crop scale"),
-        (dict(ratio=(2.0, 1.0)), "crop ratio"),
-        (dict(max_zoom=0.5), "max_zoom must be >= 1"),
-        (dict(num_epochs=0), "num_epochs"),
-        (dict(worker_count=-1), "worker_count"),
-    ],
-)
-def test_invalid_dataset_arguments_raise(photos, kw, match):
-    with pytest.raises(ValueError, match=match):
-        _dataset(photos, **kw)
-
-
-def test_invalid_photos_raise():
-    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
-        _dataset([np.zeros((32, 32), np.uint8)])
-    with pytest.raises(ValueError, match="empty"):
-        _dataset([])
-
-
-@pytest.mark.parametrize(
-    "photo, args, match",
-    [
-        (np.zeros((20, 20, 3), np.float32), (4, 8), r"uint8 \[H, W, 3\].*to uint8"),
-        (np.zeros((20, 20), np.uint8), (4, 8), r"uint8 \[H, W, 3\].*grayscale"),
-        (np.zeros((20, 20, 4), np.uint8), (4, 8), r"grayscale/RGBA to RGB"),
-        (np.zeros((20, 20, 3), np.uint8), (0, 8), "num_frames must be >= 1"),
-        (np.zeros((20, 20, 3), np.uint8), (4, 0), "size must be >= 1"),
-        (np.zeros((20, 20, 3), np.uint8), (2.5, 8), "num_frames must be an int"),
-    ],
-)
-def test_render_clip_bad_inputs(photo, args, match):
-    with pytest.raises(ValueError, match=match):
-        render_clip(photo, CameraPath(), *args)
-
-
-def test_render_clip_needs_a_camera_path():
-    with pytest.raises(ValueError, match="path must be a CameraPath.*sample_path"):
-        render_clip(np.zeros((8, 8, 3), np.uint8), (0.5, 0.5), 2, 8)
-
-
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(scale=(0.5, 1.5)), r"crop scale must be \(lo, hi\) with 0 < lo <= hi <= 1"),
-        (dict(scale=(0.8, 0.5)), "crop scale"),
-        (dict(ratio=(0.0, 1.0)), "crop ratio"),
-        (dict(max_shift=-0.1), r"max_shift must be in \[0, 1\]"),
-        (dict(max_zoom=0.9), "max_zoom must be >= 1"),
-        (dict(max_rotation=120.0), r"max_rotation must be in \[0, 90\]"),
-        (dict(ease="cubic"), "unknown ease"),
-    ],
-)
-def test_sample_path_bad_ranges(kw, match):
-    with pytest.raises(ValueError, match=match):
-        sample_path(np.random.default_rng(0), (64, 64), **kw)
-
-
-def test_sample_path_bad_photo_shape():
-    with pytest.raises(ValueError, match="photo_shape"):
-        sample_path(np.random.default_rng(0), (0, 64))
-    with pytest.raises(ValueError, match="photo_shape"):
-        sample_path(np.random.default_rng(0), 64)
-
-
-@pytest.mark.parametrize(
-    "kw, match",
-    [
-        (dict(start_center=(1.2, 0.5)), r"start_center .* must lie in \[0, 1\]"),
-        (dict(end_center=(0.5,)), "end_center must be a pair"),
-        (dict(start_scale=0.0), r"start_scale must be in \(0, 1\]"),
-        (dict(end_scale=1.5), r"end_scale must be in \(0, 1\]"),
-        (dict(aspect=-1.0), "aspect"),
-        (dict(end_rotation=float("nan")), "end_rotation must be a finite angle"),
-        (dict(ease="bounce"), "unknown ease"),
-    ],
-)
-def test_camera_path_bad_fields(kw, match):
-    with pytest.raises(ValueError, match=match):
-        CameraPath(**kw)
-
-
-def test_module_exports():
-    assert set(camera_paths.__all__) >= {"CameraPath", "render_clip", "sample_path"}
-    assert set(videos.__all__) >= {"iterator_from_config", "make_video_pretrain_dataset"}
-
-
-def test_multiprocess_workers_match_in_process(photos):
-    ref = take(_dataset(photos), 2)
-    it = iter(_dataset(photos, worker_count=2))
-    try:
-        assert_batches_equal(take(it, 2), ref)
-    finally:
-        it.close()

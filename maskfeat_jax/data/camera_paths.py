@@ -297,14 +297,15 @@ def render_clip(
     photo: np.ndarray,
     path: CameraPath,
     num_frames: int,
-    size: int,
+    size: int | tuple[int, int],
     *,
     resample: Image.Resampling = Image.Resampling.BICUBIC,
 ) -> np.ndarray:
-    """Renders ``path`` over ``photo`` to uint8 ``[num_frames, size, size, 3]``.
+    """Renders ``path`` over ``photo`` to uint8 ``[num_frames, H, W, 3]``.
 
-    Each frame maps the rotated crop box onto ``size x size`` pixels (so a box
-    whose aspect is not 1 is stretched, as RandomResizedCrop does). Parts of a
+    ``size`` is ``S`` (square frames) or ``(H, W)``. Each frame maps the rotated
+    crop box onto ``H x W`` pixels (so a box whose aspect differs from W / H is
+    stretched, as RandomResizedCrop does). Parts of a
     box outside the photo (only for hand-made paths) come out black.
     Deterministic for a given photo and path.
     """
@@ -315,7 +316,8 @@ def render_clip(
             "sample_path(rng, photo.shape) or CameraPath(...)"
         )
     num_frames = _check_count(num_frames, "num_frames")
-    size = _check_count(size, "size")
+    out_h, out_w = (size, size) if np.ndim(size) == 0 else tuple(size)
+    out_h, out_w = _check_count(out_h, "size (height)"), _check_count(out_w, "size (width)")
     height, width = photo.shape[:2]
     cx, cy, w, h, rotation = path.frame_boxes((height, width), num_frames).T
     theta = np.deg2rad(rotation)
@@ -323,8 +325,8 @@ def render_clip(
 
     # Photo pixels per frame pixel along each photo axis, for the densest frame:
     # reducing the photo by that much first loses nothing the frames could show.
-    kx = 1.0 / (size * np.sqrt((cos / w) ** 2 + (sin / h) ** 2)).max()
-    ky = 1.0 / (size * np.sqrt((sin / w) ** 2 + (cos / h) ** 2)).max()
+    kx = 1.0 / np.sqrt((out_w * cos / w) ** 2 + (out_h * sin / h) ** 2).max()
+    ky = 1.0 / np.sqrt((out_w * sin / w) ** 2 + (out_h * cos / h) ** 2).max()
     small_w = max(1, round(width / max(kx, 1.0)))
     small_h = max(1, round(height / max(ky, 1.0)))
     image = Image.fromarray(np.ascontiguousarray(photo))
@@ -332,16 +334,15 @@ def render_clip(
         image = image.resize((small_w, small_h), resample)
     sx, sy = small_w / width, small_h / height
 
-    out = np.empty((num_frames, size, size, 3), np.uint8)
-    half = size / 2.0
+    out = np.empty((num_frames, out_h, out_w, 3), np.uint8)
     for i in range(num_frames):
-        # Frame point (u, v) -> photo point: centre + (u - half) * x_axis + (v - half) * y_axis,
-        # with the box axes (cos, -sin) * w / size and (sin, cos) * h / size.
-        a, d = w[i] / size * cos[i], -w[i] / size * sin[i]
-        b, e = h[i] / size * sin[i], h[i] / size * cos[i]
-        c = cx[i] - (a + b) * half
-        f = cy[i] - (d + e) * half
+        # Frame point (u, v) -> photo point: centre + (u - W/2) * x_axis + (v - H/2) * y_axis,
+        # with the box axes (cos, -sin) * w / W and (sin, cos) * h / H.
+        a, d = w[i] / out_w * cos[i], -w[i] / out_w * sin[i]
+        b, e = h[i] / out_h * sin[i], h[i] / out_h * cos[i]
+        c = cx[i] - a * out_w / 2 - b * out_h / 2
+        f = cy[i] - d * out_w / 2 - e * out_h / 2
         coeffs = (a * sx, b * sx, c * sx, d * sy, e * sy, f * sy)
-        frame = image.transform((size, size), Image.Transform.AFFINE, coeffs, resample=resample)
+        frame = image.transform((out_w, out_h), Image.Transform.AFFINE, coeffs, resample=resample)
         out[i] = np.asarray(frame)
     return out

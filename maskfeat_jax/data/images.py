@@ -30,6 +30,7 @@ photos or a tfds ArrayRecord source).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -37,12 +38,22 @@ import grain
 import numpy as np
 from PIL import Image
 
+from maskfeat_jax.data import skipping
+
 __all__ = [
+    "ImageEvalTransform",
+    "ImageFolder",
     "PretrainTransform",
     "center_crop_box",
+    "eval_indices",
+    "finite_stream",
     "index_stream",
     "iterator_from_config",
+    "make_image_eval_dataset",
     "make_pretrain_dataset",
+    "open_source",
+    "read_image",
+    "resize_center_crop",
     "random_resized_crop",
     "sample_crop_box",
 ]
@@ -114,6 +125,70 @@ def _check_photo(photo: Any, index: int) -> np.ndarray:
     return photo
 
 
+def read_image(source, index: int):
+    """``source[index]``, with a record that fails to decode reported as ``BadImage``."""
+    try:
+        return source[index]
+    except skipping.BadImage:
+        raise
+    except (OSError, ValueError, SyntaxError) as e:  # what PIL and tfds raise on bad bytes
+        raise skipping.BadImage(f"record {index} does not decode ({type(e).__name__}: {e})") from e
+
+
+def _label(record: Any) -> np.int32:
+    if isinstance(record, Mapping) and "label" in record:
+        return np.int32(record["label"])
+    return np.int32(-1)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageFolder:
+    """Random-access source over a folder of images (grain ``RandomAccessDataSource``).
+
+    ``root/<class>/**/<image>`` gives labels by the sorted class names; images directly in
+    ``root`` (and no class folders) have label -1. Items are ``{"image": uint8 [H, W, 3],
+    "label": int32, "id": path relative to root}``, decoded with Pillow (grayscale, palette
+    and RGBA made RGB); a file that does not decode raises ``BadImage``.
+    """
+
+    def __init__(self, root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS):
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"image folder {root} does not exist")
+        extensions = tuple(e.lower() for e in extensions)
+        entries = sorted(os.listdir(root))
+        self.classes = tuple(e for e in entries if os.path.isdir(os.path.join(root, e)))
+        files: list[tuple[str, int]] = []
+        if self.classes:
+            for label, name in enumerate(self.classes):
+                for folder, _, names in sorted(os.walk(os.path.join(root, name))):
+                    files += [
+                        (os.path.relpath(os.path.join(folder, f), root), label)
+                        for f in sorted(names)
+                        if f.lower().endswith(extensions)
+                    ]
+        else:
+            files = [(f, -1) for f in entries if f.lower().endswith(extensions)]
+        if not files:
+            raise FileNotFoundError(
+                f"no images ({', '.join(extensions)}) in {root} or its class folders"
+            )
+        self.root, self.files = root, files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        path, label = self.files[index]
+        try:
+            with Image.open(os.path.join(self.root, path)) as img:
+                image = np.asarray(img.convert("RGB"), dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise skipping.BadImage(f"{path}: {type(e).__name__}: {e}") from e
+        return {"image": image, "label": np.int32(label), "id": path}
+
+
 class PretrainTransform(grain.transforms.RandomMap):
     """Photo index -> ``{"image": uint8 [S,S,3], "mask": bool grid}``.
 
@@ -130,6 +205,7 @@ class PretrainTransform(grain.transforms.RandomMap):
         scale=(0.5, 1.0),
         ratio=(3 / 4, 4 / 3),
         hflip: bool = True,
+        max_retries: int = 10,
     ):
         self.photos = photos
         self.image_size = int(image_size)
@@ -137,15 +213,21 @@ class PretrainTransform(grain.transforms.RandomMap):
         self.scale = tuple(float(s) for s in scale)
         self.ratio = tuple(float(r) for r in ratio)
         self.hflip = bool(hflip)
+        self.max_retries = int(max_retries)
 
     def random_map(self, element: int, rng: np.random.Generator):
-        index = int(element)
-        photo = _check_photo(self.photos[index], index)
+        return skipping.load_with_retries(
+            lambda i: self._one(i, rng), int(element), len(self.photos), rng, self.max_retries
+        )
+
+    def _one(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
+        record = read_image(self.photos, index)
+        photo = _check_photo(record, index)
         image = random_resized_crop(photo, rng, self.image_size, self.scale, self.ratio)
         if self.hflip and rng.random() < 0.5:
             image = image[:, ::-1]
         mask = np.asarray(self.mask_generator(rng), dtype=bool)
-        return {"image": np.ascontiguousarray(image), "mask": mask}
+        return {"image": np.ascontiguousarray(image), "mask": mask, "label": _label(record)}
 
 
 def index_stream(
@@ -201,6 +283,7 @@ def make_pretrain_dataset(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: bool = True,
     num_epochs: int | None = None,
+    max_retries: int = 10,
     worker_count: int = 0,
     worker_buffer_size: int = 2,
     read_threads: int = 4,
@@ -263,6 +346,7 @@ def make_pretrain_dataset(
         scale=scale,
         ratio=ratio,
         hflip=hflip,
+        max_retries=max_retries,
     )
 
     return batched_stream(
@@ -301,6 +385,52 @@ def batched_stream(
     ds = _shuffled(num_records, seed, num_epochs).random_map(transform)
     ds = ds[shard_index::shard_count]
     ds = ds.batch(per_host_batch, drop_remainder=True)
+    return _threads_and_workers(
+        ds, worker_count, worker_buffer_size, read_threads, prefetch_batches
+    )
+
+
+def eval_indices(
+    num_items: int, shard_index: int, shard_count: int, per_host_batch: int
+) -> list[int]:
+    """This host's items ``shard_index::shard_count`` padded with -1 to
+    ``ceil(ceil(num_items / shard_count) / per_host_batch)`` full batches, the same
+    count on every host (collectives in the eval step need every host to take part)."""
+    _check_shard(shard_index, shard_count)
+    if num_items < 1 or per_host_batch < 1:
+        raise ValueError(
+            f"need num_items >= 1 and per_host_batch >= 1, got {num_items}, {per_host_batch}"
+        )
+    per_host = -(-num_items // shard_count)
+    total = -(-per_host // per_host_batch) * per_host_batch
+    mine = list(range(shard_index, num_items, shard_count))
+    return mine + [-1] * (total - len(mine))
+
+
+def finite_stream(
+    indices: Sequence[int],
+    transform: grain.transforms.Map,
+    *,
+    per_host_batch: int,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    read_threads: int = 4,
+    prefetch_batches: int = 4,
+) -> grain.IterDataset:
+    """One ordered pass: map ``indices`` (from ``eval_indices``) and batch them."""
+    ds = grain.MapDataset.source(list(indices)).map(transform).batch(per_host_batch)
+    return _threads_and_workers(
+        ds, worker_count, worker_buffer_size, read_threads, prefetch_batches
+    )
+
+
+def _threads_and_workers(
+    ds: grain.MapDataset,
+    worker_count: int,
+    worker_buffer_size: int,
+    read_threads: int,
+    prefetch_batches: int,
+) -> grain.IterDataset:
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches)
     )
@@ -317,6 +447,104 @@ def batched_stream(
             )
         )
     return it_ds
+
+
+def resize_center_crop(image: np.ndarray, resize_size: int, crop_size: int) -> np.ndarray:
+    """torchvision's ``Resize(resize_size, bicubic)`` (short side; the long side truncated)
+    then ``CenterCrop(crop_size)``: the standard ImageNet evaluation view."""
+    height, width = image.shape[:2]
+    if height <= width:
+        size = (int(resize_size * width / height), resize_size)
+    else:
+        size = (resize_size, int(resize_size * height / width))
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.Resampling.BICUBIC)
+    top = int(round((size[1] - crop_size) / 2.0))
+    left = int(round((size[0] - crop_size) / 2.0))
+    return np.asarray(resized.crop((left, top, left + crop_size, top + crop_size)))
+
+
+class ImageEvalTransform(grain.transforms.Map):
+    """Image index (or -1 for padding) -> ``{"image", "label", "index", "valid",
+    "skipped", "skipped_ids"}``; a bad image gives an invalid zero view, counted."""
+
+    def __init__(self, source, *, image_size: int, resize_size: int):
+        if resize_size < image_size:
+            raise ValueError(f"resize_size {resize_size} must be >= image_size {image_size}")
+        self.source, self.image_size, self.resize_size = source, int(image_size), int(resize_size)
+
+    def map(self, index: int) -> dict[str, Any]:
+        index = int(index)
+        element = {
+            "image": np.zeros((self.image_size, self.image_size, 3), np.uint8),
+            "label": np.int32(-1),
+            "index": np.int32(index),
+            "valid": False,
+            "skipped": np.int32(0),
+            "skipped_ids": "",
+        }
+        if index < 0:
+            return element
+        try:
+            record = read_image(self.source, index)
+        except skipping.BadImage as e:
+            element.update(skipped=np.int32(1), skipped_ids=f"record {index}: {e}")
+            return element
+        photo = _check_photo(record, index)
+        image = resize_center_crop(photo, self.resize_size, self.image_size)
+        element.update(image=image, label=_label(record), valid=True)
+        return element
+
+
+def make_image_eval_dataset(
+    source,
+    *,
+    image_size: int,
+    per_host_batch: int,
+    resize_size: int | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    worker_count: int = 0,
+    read_threads: int = 4,
+    prefetch_batches: int = 4,
+) -> grain.IterDataset:
+    """One pass over ``source`` in order, this host's share, resized to ``resize_size``
+    (default ``image_size / 0.875``: 256 for 224) and centre-cropped, padded so all hosts
+    yield the same number of batches (``valid`` marks the real images)."""
+    resize_size = int(round(image_size / 0.875)) if resize_size is None else int(resize_size)
+    transform = ImageEvalTransform(source, image_size=image_size, resize_size=resize_size)
+    indices = eval_indices(len(source), shard_index, shard_count, per_host_batch)
+    return finite_stream(
+        indices,
+        transform,
+        per_host_batch=per_host_batch,
+        worker_count=worker_count,
+        read_threads=read_threads,
+        prefetch_batches=prefetch_batches,
+    )
+
+
+def open_source(config, split: str):
+    """The image source ``config.input`` names: 'embedded' (the bundled photos), 'folder'
+    (``ImageFolder(data_dir/split)``) or a tfds name read with ``tfds.data_source``."""
+    from maskfeat_jax.data import embedded
+
+    inp = config.input
+    name = inp.get("dataset", "embedded")
+    if name == "embedded":
+        return embedded.load_split(split)
+    data_dir = inp.get("data_dir")
+    if not data_dir:
+        raise ValueError(
+            f"config.input.dataset={name!r} is read from a directory; pass "
+            "--config.input.data_dir=/path (a tensorflow_datasets directory, or for "
+            "'folder' a directory with one folder per split), or use "
+            "--config.input.dataset=embedded for the bundled photos."
+        )
+    if name == "folder":
+        return ImageFolder(os.path.join(data_dir, split))
+    import tensorflow_datasets as tfds  # Only for real datasets.
+
+    return tfds.data_source(name, split=split, data_dir=data_dir)
 
 
 def iterator_from_config(
@@ -339,7 +567,6 @@ def iterator_from_config(
     checkpointable ``DatasetIterator``.
     """
     from maskfeat_jax import masking
-    from maskfeat_jax.data import embedded
 
     inp = config.input
     mask_grid = tuple(int(g) for g in mask_grid)
@@ -348,20 +575,7 @@ def iterator_from_config(
             f"image mask grid {mask_grid} must be square and divide image_size={image_size}"
         )
     generator = masking.from_config(config.mask, grid=mask_grid)
-    name = inp.get("dataset", "embedded")
-    split = inp.get("split", "train")
-    if name == "embedded":
-        photos = embedded.load_split(split)
-    else:
-        if not inp.get("data_dir"):
-            raise ValueError(
-                f"config.input.dataset={name!r} is read from a prepared tfds "
-                "directory; pass --config.input.data_dir=/path/to/tensorflow_datasets "
-                "(or use --config.input.dataset=embedded for the bundled photos)."
-            )
-        import tensorflow_datasets as tfds  # Only for real datasets.
-
-        photos = tfds.data_source(name, split=split, data_dir=inp.get("data_dir"))
+    photos = open_source(config, inp.get("split", "train"))
     seed = inp.get("seed", None)
     ds = make_pretrain_dataset(
         photos,
@@ -375,6 +589,7 @@ def iterator_from_config(
         scale=tuple(inp.get("scale", (0.5, 1.0))),
         ratio=tuple(inp.get("ratio", (3 / 4, 4 / 3))),
         hflip=bool(inp.get("hflip", True)),
+        max_retries=int(inp.get("max_retries", 10)),
         worker_count=int(inp.get("worker_count", 0) or 0),
     )
     return iter(ds)
