@@ -201,15 +201,16 @@ def measure_step_fraction(
         "mask": np.random.default_rng(0).random((batch, grid, grid)) < 0.4,
     }
     device_batch = sharding.to_global(host, trainer.batch_sharding)
+    rng = jax.device_put(jax.random.key(0), trainer.rng_sharding)
     x = jax.device_put(jnp.asarray(pixels))
     targets = jax.jit(hog_targets)
     targets(x).block_until_ready()
-    state, metrics = step(state, device_batch)  # warm-up
+    state, metrics = step(state, device_batch, rng)  # warm-up
     jax.block_until_ready(metrics)
     step_times, hog_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
-        state, metrics = step(state, device_batch)
+        state, metrics = step(state, device_batch, rng)
         jax.block_until_ready(metrics)
         step_times.append(time.perf_counter() - start)
         hog_times.append(_timed(lambda: targets(x).block_until_ready()))

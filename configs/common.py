@@ -48,6 +48,10 @@ def pretrain_config() -> ml_collections.ConfigDict:
         )
     )
 
+    # What masked tokens predict: "hog" (MaskFeat) or "pixels" (the paper's pixel-colour
+    # ablation; each patch standardized when norm_pixel_target, SlowFast NORM_PRED_PIXEL).
+    c.target = "hog"
+    c.norm_pixel_target = True
     # HOG target: 9 bins, 8x8 cells, no Gaussian window (official); 16 = mmpretrain's variant.
     c.hog = ml_collections.ConfigDict(dict(nbins=9, cell_size=8, gaussian_window=0))
 
@@ -177,4 +181,99 @@ def apply_epochs_variant(c: ml_collections.ConfigDict, arg) -> ml_collections.Co
         c.total_epochs = 300
     elif arg:
         raise ValueError(f"Unknown variant {arg!r}; use ':300ep' or nothing.")
+    return c
+
+
+def _finetune_parts(c: ml_collections.ConfigDict, num_classes: int) -> ml_collections.ConfigDict:
+    """What every fine-tuning recipe adds to a pretraining config (SlowFast *_FT.yaml)."""
+    c.model.update(num_classes=num_classes, drop_path_rate=0.1)
+    for pretraining_only in ("mask", "hog", "target", "norm_pixel_target"):
+        del c[pretraining_only]
+    c.input.update(
+        scale=(0.08, 1.0),  # RandomResizedCrop's default area range
+        rand_augment="rand-m9-mstd0.5-inc1",
+        erase_prob=0.25,  # RandomErasing, 'pixel' mode, one box
+        erase_count=1,
+        repeats=1,  # repeated augmentation (SlowFast AUG.NUM_SAMPLE)
+    )
+    # Mixup 0.8 / CutMix 1.0, one of the two per batch (switch 0.5), label smoothing 0.1.
+    c.mixup = ml_collections.ConfigDict(
+        dict(
+            mixup_alpha=0.8,
+            cutmix_alpha=1.0,
+            prob=1.0,
+            switch_prob=0.5,
+            label_smoothing=0.1,
+            slowfast_box=True,  # SlowFast's CutMix box rounding (timm's is 1 px larger)
+        )
+    )
+    c.optim.update(
+        warmup_start_lr=1e-8,
+        end_lr=1e-6,
+        clip_grad_norm=0.0,
+        layer_decay=0.65,
+        ema_decay=0.0,  # > 0 keeps an EMA of the weights and evaluates it too
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            split="validation",
+            batch_size=256,
+            every_steps=0,  # or every_epochs; both 0: at the end only
+            every_epochs=0,
+            resize_size=None,  # images: image_size / 0.875 (256 for 224), bicubic
+            short_side=256,  # video: frames scaled to this, then crops of image_size
+            num_clips=10,
+            num_crops=1,
+            worker_count=0,
+        )
+    )
+    c.checkpoint.every_steps = 2000
+    return c
+
+
+def finetune_config(num_classes: int = 1000) -> ml_collections.ConfigDict:
+    """MaskFeat IN-1K ViT-B/16 fine-tuning recipe (SlowFast in1k_VIT_B_MaskFeat_FT.yaml).
+
+    Global batch 2048 at 2e-3 per 512 (mmpretrain's 8e-3 at 2048), 100 epochs, 20 warmup
+    epochs from 1e-8, cosine to 1e-6, AdamW wd 0.05, no clipping, layer decay 0.65, drop path
+    0.1, RandAugment m9 mstd0.5, random erasing 0.25, mixup 0.8 / cutmix 1.0, label smoothing
+    0.1; mean-pooled tokens -> LayerNorm -> linear head at 1e-3 init scale.
+    """
+    c = pretrain_config()
+    c.total_epochs = 100
+    _finetune_parts(c, num_classes)
+    c.input.update(split="train", batch_size=2048)
+    c.optim.update(base_lr=2e-3, lr_batch_reference=512, warmup_epochs=20)
+    return c
+
+
+def video_finetune_config(num_classes: int = 400) -> ml_collections.ConfigDict:
+    """MaskFeat K400 MViTv2-S 16x4 fine-tuning recipe (SlowFast k400_MVITv2_S_16x4_FT.yaml).
+
+    16 clips per node x 2 repeated augmentations = 32 clips per node per step at 6e-4, i.e.
+    ``lr_batch_reference`` 32 clips; 128 clips a step here (4 such nodes). 100 epochs, 20
+    warmup from 1e-6, cosine to 1e-6, layer decay 0.75, drop path 0.1, clip 5.0,
+    RandAugment m7 mstd0.5 (one op sequence per clip), random erasing 0.25 (one box through
+    every frame), mixup 0.8 / cutmix 1.0, label smoothing 0.1. Test: short side 256, centre
+    224, 10 temporal clips x 1 crop.
+    """
+    c = video_pretrain_config()
+    c.total_epochs = 100
+    _finetune_parts(c, num_classes)
+    c.input.update(
+        split="train",
+        batch_size=128,
+        rand_augment="rand-m7-mstd0.5-inc1",
+        repeats=2,
+        examples_per_epoch=240_436,
+    )
+    c.optim.update(
+        base_lr=6e-4,
+        lr_batch_reference=32,
+        warmup_epochs=20,
+        warmup_start_lr=1e-6,
+        clip_grad_norm=5.0,
+        layer_decay=0.75,
+    )
+    c.eval.update(batch_size=64)
     return c

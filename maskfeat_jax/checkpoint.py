@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging as py_logging
 import os
 import signal
 import threading
@@ -31,7 +32,19 @@ from flax import nnx, traverse_util
 from orbax.checkpoint import checkpoint_managers as policies
 
 FORMAT_VERSION = 1
-TRAIN_ITEMS = ("model", "optimizer", "data", "meta")
+
+
+def _not_orbax_info(record: py_logging.LogRecord) -> bool:
+    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_orbax_logging() -> None:
+    """Orbax reports every internal step of a save at INFO; keeps the terminal to progress."""
+    py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
+    py_logging.getLogger("absl").addFilter(_not_orbax_info)
+
+
+TRAIN_ITEMS = ("model", "optimizer", "ema", "data", "meta")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -206,6 +219,8 @@ class RunCheckpoints:
             optimizer=ocp.args.StandardSave(nnx.to_pure_dict(state[1])),
             meta=ocp.args.JsonSave(meta),
         )
+        if len(state) > 2:  # the weight EMA of a fine-tuning run
+            items["ema"] = ocp.args.StandardSave(nnx.to_pure_dict(state[2]))
         if data is not None:
             import grain  # only when a data iterator is checkpointed
 
@@ -253,6 +268,13 @@ def restore_run(
         optimizer=ocp.args.StandardRestore(nnx.to_pure_dict(abstract_state[1])),
         meta=ocp.args.JsonRestore(),
     )
+    if len(abstract_state) > 2:
+        if "ema" not in present:
+            raise ValueError(
+                f"{directory}/{step} has no weight EMA but this config keeps one; resume "
+                "with config.optim.ema_decay=0 or start from its weights with config.init_from."
+            )
+        items["ema"] = ocp.args.StandardRestore(nnx.to_pure_dict(abstract_state[2]))
     if data is not None:
         if "data" not in present:
             raise ValueError(f"{directory}/{step} has no data iterator state to resume.")
@@ -272,6 +294,8 @@ def restore_run(
     state = jax.tree.map(lambda x: x, abstract_state)  # fresh Variables to fill in
     nnx.replace_by_pure_dict(state[0], out.model)
     nnx.replace_by_pure_dict(state[1], out.optimizer)
+    if len(abstract_state) > 2:
+        nnx.replace_by_pure_dict(state[2], out.ema)
     return Restored(step=step, state=state, rng=_key_from_json(out.meta["rng"]), meta=out.meta)
 
 

@@ -223,7 +223,7 @@ def spec_of_checkpoint(config, flat: Mapping[str, Any]):
     from maskfeat_jax import models, train
 
     patch = models.model_spec(config.model).patch_size
-    target_dim = train.hog_target_dim(config, patch)
+    target_dim = train.target_dim(config, patch)
     abstract = nnx.eval_shape(
         lambda: models.build_model(config.model, nnx.Rngs(0), target_dim=target_dim)
     )

@@ -153,7 +153,7 @@ def import_to_checkpoint(
     from maskfeat_jax import checkpoint, models, train
 
     spec = models.model_spec(config.model)
-    target_dim = train.hog_target_dim(config, spec.patch_size)
+    target_dim = train.target_dim(config, spec.patch_size)
     model = models.build_model(config.model, nnx.Rngs(config.seed), target_dim=target_dim)
     template = torch_names.flat_params(model)
     state_dict = load_state_dict(source)

@@ -5,7 +5,6 @@ Any config value can be overridden on the command line, e.g. ``--config.input.ba
 
 from __future__ import annotations
 
-import logging as py_logging
 import os
 
 from absl import app, flags, logging
@@ -21,19 +20,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints a
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_orbax_info(record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` and flag errors do not pay for JAX start-up.
-    from maskfeat_jax import train
+    from maskfeat_jax import checkpoint, train
 
-    # Orbax reports every internal step of a save at INFO; keep the terminal to our progress.
-    py_logging.getLogger("orbax").setLevel(py_logging.WARNING)
-    py_logging.getLogger("absl").addFilter(_quiet_orbax_info)
+    checkpoint.quiet_orbax_logging()
     config = _CONFIG.value
     workdir = _WORKDIR.value
     os.makedirs(workdir, exist_ok=True)

@@ -31,3 +31,21 @@ def normalize(images: jax.Array, mean, std) -> jax.Array:
     """uint8 pixels -> float32 (x/255 - mean) / std, per channel (last axis)."""
     x = images.astype(jnp.float32) / 255.0
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+def patch_pixels(images: jax.Array, patch_size: int, normalize: bool = True) -> jax.Array:
+    """Pixel-colour targets: [B, (T,) H, W, C] -> [B, N, P*P*C], one row per P x P patch in
+    (t, h, w) token order; each row standardized over its own values (eps 1e-6 on the
+    variance) when ``normalize``."""
+    p = patch_size
+    *lead, h, w, c = images.shape
+    if h % p or w % p:
+        raise ValueError(f"image {h}x{w} is not a multiple of the {p}-px patch size.")
+    x = images.astype(jnp.float32).reshape(*lead, h // p, p, w // p, p, c)
+    x = jnp.moveaxis(x, -3, -4)  # [..., H/P, W/P, P, P, C]
+    x = x.reshape(lead[0], -1, p * p * c)
+    if normalize:
+        mean = x.mean(axis=-1, keepdims=True)
+        var = x.var(axis=-1, keepdims=True)
+        x = (x - mean) / jnp.sqrt(var + 1e-6)
+    return x

@@ -5,6 +5,10 @@ exempting 1-D parameters and biases (``ZERO_WD_1D_PARAM``; cls/pos/mask tokens k
 since ``ZERO_DECAY_POS_CLS`` is False), global-norm clipping, linear warmup from
 ``warmup_start_lr`` then a half cosine to ``end_lr``, all three learning rates scaled
 linearly by global_batch / lr_batch_reference.
+
+Fine-tuning adds layer-wise LR decay (``layer_decay``): every update, weight decay included,
+is multiplied by ``layer_decay ** (depth + 1 - layer_id)`` (see ``layer_id``), as SlowFast's
+per-group ``lr * layer_decay``.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 # Leaf names of 1-D parameters in our models: LayerNorm scale/bias and every bias.
@@ -72,9 +78,57 @@ def decay_mask_fn(extra_no_decay: tuple[str, ...] = ()):
     return mask
 
 
+_STEM = re.compile(r"^(cls_token|mask_token|pos_embed|patch_embed)")
+_BLOCK = re.compile(r"^blocks/(\d+)/")
+_STACKED_BLOCK = re.compile(r"^blocks/(?!\d+/)")
+
+
+def layer_id(name: str, depth: int) -> int | None:
+    """SlowFast's layer id for layer-wise LR decay: 0 for the stem (cls/mask token, position
+    embedding, patch embedding), i + 1 for ``blocks/i``, depth + 1 for the rest (final norm,
+    heads). None for a stacked (scanned) block parameter, whose ids are 1..depth."""
+    if _STEM.match(name):
+        return 0
+    if m := _BLOCK.match(name):
+        return int(m.group(1)) + 1
+    if _STACKED_BLOCK.match(name):
+        return None
+    return depth + 1
+
+
+def layer_decay_scale(name: str, shape: tuple[int, ...], depth: int, decay: float):
+    """The LR multiplier ``decay ** (depth + 1 - layer_id)`` of one parameter; for stacked
+    blocks an array broadcasting over the leading layer axis."""
+    lid = layer_id(name, depth)
+    if lid is not None:
+        return decay ** (depth + 1 - lid)
+    ids = np.arange(1, depth + 1, dtype=np.float64)
+    return (decay ** (depth + 1 - ids)).reshape((depth,) + (1,) * (len(shape) - 1))
+
+
+def scale_by_layer_decay(decay: float, depth: int) -> optax.GradientTransformation:
+    """Multiplies each parameter's update (Adam step and decoupled weight decay, both already
+    times the LR) by its layer-decay factor, as SlowFast's per-group ``lr * layer_decay``."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"config.optim.layer_decay must be in (0, 1], got {decay}.")
+
+    def scale(updates, params=None):
+        del params
+
+        def leaf(path, u):
+            factor = layer_decay_scale(_path_name(path), u.shape, depth, decay)
+            return u * jnp.asarray(factor, u.dtype)
+
+        return jax.tree_util.tree_map_with_path(leaf, updates)
+
+    return optax.stateless(scale)
+
+
 def make_optimizer(
-    optim: ml_collections.ConfigDict, schedule: optax.Schedule
+    optim: ml_collections.ConfigDict, schedule: optax.Schedule, depth: int | None = None
 ) -> optax.GradientTransformation:
+    """Clipping (optional) -> AdamW with the decay mask -> layer-wise LR decay (fine-tuning,
+    ``optim.layer_decay``; needs the model's ``depth``)."""
     parts = []
     if optim.clip_grad_norm:
         parts.append(optax.clip_by_global_norm(optim.clip_grad_norm))
@@ -88,4 +142,9 @@ def make_optimizer(
             mask=decay_mask_fn(tuple(optim.get("extra_no_decay", ()))),
         )
     )
+    decay = optim.get("layer_decay")
+    if decay is not None and decay != 1.0:
+        if depth is None:
+            raise ValueError("layer decay needs the model depth; pass depth=.")
+        parts.append(scale_by_layer_decay(float(decay), depth))
     return optax.chain(*parts)

@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Callable, Iterator, Mapping
 
@@ -28,7 +29,7 @@ import optax
 from absl import logging
 from flax import nnx
 
-from maskfeat_jax import checkpoint, hog, masking, models, objectives, optim, sharding
+from maskfeat_jax import checkpoint, finetune, hog, masking, models, objectives, optim, sharding
 from maskfeat_jax.data import skipping
 
 Batch = Mapping[str, Any]
@@ -39,12 +40,37 @@ Batch = Mapping[str, Any]
 # ---------------------------------------------------------------------------------------------
 
 
-def hog_target_dim(config: ml_collections.ConfigDict, patch_size: int, channels: int = 3) -> int:
+TARGETS = ("hog", "pixels")
+
+
+def target_kind(config: ml_collections.ConfigDict) -> str:
+    kind = config.get("target", "hog")
+    if kind not in TARGETS:
+        raise ValueError(f"config.target={kind!r} is not one of {TARGETS}.")
+    return kind
+
+
+def target_dim(config: ml_collections.ConfigDict, patch_size: int, channels: int = 3) -> int:
+    """Per-token target size: HOG 3 x nbins x (P / cell)^2 (108 at 16 px), pixels 3 x P^2."""
+    if target_kind(config) == "pixels":
+        return channels * patch_size * patch_size
     cells = patch_size // config.hog.cell_size
     return channels * config.hog.nbins * cells * cells
 
 
-def compute_targets(images: jax.Array, spec, hog_cfg: ml_collections.ConfigDict) -> jax.Array:
+def compute_targets(
+    pixels: jax.Array, images: jax.Array, spec, config: ml_collections.ConfigDict
+) -> jax.Array:
+    """HOG of the uint8-valued ``pixels`` or the normalized ``images`` patch by patch (the
+    paper's pixel-colour target, each patch normalized to zero mean and unit variance when
+    ``config.norm_pixel_target``, SlowFast's ``NORM_PRED_PIXEL``); video targets come from
+    frames 0, t, 2t, ... (t = tubelet)."""
+    if target_kind(config) == "pixels":
+        frames = images[:, :: spec.tubelet] if spec.is_video else images
+        return objectives.patch_pixels(
+            frames, spec.patch_size, normalize=config.get("norm_pixel_target", True)
+        )
+    hog_cfg = config.hog
     kwargs = dict(
         patch_size=spec.patch_size,
         nbins=hog_cfg.nbins,
@@ -52,8 +78,8 @@ def compute_targets(images: jax.Array, spec, hog_cfg: ml_collections.ConfigDict)
         gaussian_window=hog_cfg.gaussian_window,
     )
     if spec.is_video:
-        return hog.hog_targets_video(images, temporal_stride=spec.tubelet, **kwargs)
-    return hog.hog_targets(images, **kwargs)
+        return hog.hog_targets_video(pixels, temporal_stride=spec.tubelet, **kwargs)
+    return hog.hog_targets(pixels, **kwargs)
 
 
 def token_mask(mask: jax.Array, token_grid: tuple[int, ...]) -> jax.Array:
@@ -70,18 +96,26 @@ def token_mask(mask: jax.Array, token_grid: tuple[int, ...]) -> jax.Array:
     return mask.reshape(mask.shape[0], -1)
 
 
-def loss_fn(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
+def pretrain_loss(
+    model: nnx.Module,
+    batch: Batch,
+    config: ml_collections.ConfigDict,
+    key: jax.Array | None = None,
+    **_,
+):
+    """Masked MSE between predictions and the targets of the masked tokens (``key``: drop
+    path, off in the reference pretraining recipes)."""
     spec = model.spec
     images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
     # HOG is invariant to the per-channel affine normalization, so the targets come from the
     # same augmented view before normalizing: integer pixels make every Sobel cancellation
     # exact, and a pixel's bin never depends on float rounding of the normalized values.
     pixels = batch["image"].astype(jnp.float32)
-    targets = jax.lax.stop_gradient(compute_targets(pixels, spec, config.hog))
+    targets = jax.lax.stop_gradient(compute_targets(pixels, images, spec, config))
     # Mask units are upsampled twice: to the input tokens for mask-token replacement and to
     # the output tokens for the loss (the same grid for a ViT; 4x finer input for MViT).
     loss_mask = token_mask(batch["mask"], spec.grid)
-    pred = model(images, token_mask(batch["mask"], spec.token_grid))
+    pred = model(images, token_mask(batch["mask"], spec.token_grid), key=key)
     loss = objectives.masked_mse(pred, targets, loss_mask)
     return loss, {"mask_ratio": jnp.mean(loss_mask.astype(jnp.float32))}
 
@@ -89,20 +123,36 @@ def loss_fn(model: nnx.Module, batch: Batch, config: ml_collections.ConfigDict):
 def train_step(
     state: nnx.State,
     batch: Batch,
+    rng: jax.Array,
     *,
     graphdef: nnx.GraphDef,
     config: ml_collections.ConfigDict,
     schedule: optax.Schedule,
+    data_groups: int = 1,
 ):
-    model, optimizer = nnx.merge(graphdef, state)
-    lr = schedule(optimizer.step[...])
+    """One optimizer step. ``state`` is (model, optimizer[, EMA model]); the step's random
+    key (drop path, erasing noise, mixup) is ``rng`` folded with the step counter."""
+    parts = nnx.merge(graphdef, state)
+    model, optimizer = parts[0], parts[1]
+    step = optimizer.step[...]
+    lr = schedule(step)
+    loss_fn = finetune.classification_loss if finetune.is_classification(config) else pretrain_loss
     grad_fn = nnx.value_and_grad(
-        functools.partial(loss_fn, batch=batch, config=config), has_aux=True
+        functools.partial(
+            loss_fn,
+            batch=batch,
+            config=config,
+            key=jax.random.fold_in(rng, step),
+            data_groups=data_groups,
+        ),
+        has_aux=True,
     )
     (loss, aux), grads = grad_fn(model)
     optimizer.update(model, grads)
+    if len(parts) > 2:
+        finetune.update_ema(parts[2], model, config.optim.ema_decay)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": lr, **aux}
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state(parts), metrics
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,27 +176,52 @@ class Trainer:
     init: Callable  # jitted (key) -> state, created directly in its shardings
 
     def abstract_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
-        b = self.config.input.batch_size
+        """What the step takes from the data pipeline (other host fields stay on the host)."""
         s = self.spec.image_size
         frames = (self.spec.num_frames,) if self.spec.is_video else ()
+        image_shape = (*frames, s, s, 3)
+        if finetune.is_classification(self.config):
+            fields = finetune.batch_fields(self.config, image_shape)
+        else:
+            fields = {
+                "image": (image_shape, jnp.uint8),
+                "mask": (mask_grid(self.config, self.spec), jnp.bool_),
+            }
+        b = self.config.input.batch_size
         return {
-            "image": jax.ShapeDtypeStruct(
-                (b, *frames, s, s, 3), jnp.uint8, sharding=self.batch_sharding
-            ),
-            "mask": jax.ShapeDtypeStruct(
-                (b, *mask_grid(self.config, self.spec)), jnp.bool_, sharding=self.batch_sharding
-            ),
+            k: jax.ShapeDtypeStruct((b, *shape), dtype, sharding=self.batch_sharding)
+            for k, (shape, dtype) in fields.items()
         }
 
     def compile(self):
         """AOT-compile the step for the config's shapes (also gives memory figures)."""
         state = sharding.abstract_on_mesh(self.abstract_state, self.state_shardings)
-        return self.step.lower(state, self.abstract_batch()).compile()
+        rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=self.rng_sharding)
+        return self.step.lower(state, self.abstract_batch(), rng).compile()
+
+    @property
+    def rng_sharding(self) -> jax.sharding.NamedSharding:
+        return sharding.replicated(self.mesh)
 
 
 def mask_grid(config: ml_collections.ConfigDict, spec) -> tuple[int, ...]:
     grid = config.mask.get("grid")
     return tuple(grid) if grid else tuple(spec.grid)
+
+
+def records_per_epoch_steps(config: ml_collections.ConfigDict) -> int:
+    """Steps per pass over the data; with repeated augmentation a step reads batch / repeats
+    records."""
+    repeats = int(config.input.get("repeats", 1) or 1)
+    return config.input.examples_per_epoch * repeats // config.input.batch_size
+
+
+def eval_interval(config: ml_collections.ConfigDict) -> int:
+    """Steps between evaluations during fine-tuning (``eval.every_steps``, else
+    ``eval.every_epochs``); 0 evaluates at the end only."""
+    if config.eval.get("every_steps"):
+        return int(config.eval.every_steps)
+    return round(float(config.eval.get("every_epochs", 0) or 0) * records_per_epoch_steps(config))
 
 
 def schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
@@ -158,7 +233,7 @@ def schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
         if not warmup and config.optim.get("warmup_epochs") and config.get("total_epochs"):
             warmup = round(total * config.optim.warmup_epochs / config.total_epochs)
         return total, warmup
-    steps_per_epoch = config.input.examples_per_epoch // batch
+    steps_per_epoch = records_per_epoch_steps(config)
     if steps_per_epoch < 1:
         raise ValueError(
             f"config.input.batch_size={batch} exceeds the dataset's "
@@ -176,9 +251,20 @@ def _make_train_objects(
     schedule: optax.Schedule,
     rngs: nnx.Rngs,
 ):
+    """(model, optimizer) plus an EMA copy of the model when ``config.optim.ema_decay``."""
     model = models.build_model(config.model, rngs, target_dim=spec_target_dim)
-    tx = optim.make_optimizer(config.optim, schedule)
-    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+    tx = optim.make_optimizer(config.optim, schedule, depth=model.spec.depth)
+    objects = (model, nnx.Optimizer(model, tx, wrt=nnx.Param))
+    if config.optim.get("ema_decay"):
+        objects += (finetune.make_ema(model),)
+    return objects
+
+
+def data_groups(config: ml_collections.ConfigDict, mesh, rules) -> int:
+    """Mixup pairs examples within each batch shard (as the reference within each GPU), so
+    no image crosses devices; with one example per shard it pairs over the whole batch."""
+    shards = math.prod(mesh.shape[a] for a in sharding.batch_axes(rules))
+    return shards if config.input.batch_size // shards >= 2 else 1
 
 
 def build_trainer(
@@ -187,7 +273,9 @@ def build_trainer(
     mesh = mesh or sharding.make_mesh(config.mesh)
     rules = sharding.rules_from_config(config.sharding.rules)
     sharding.check_global_batch(config.input.batch_size, mesh, rules)
-    target_dim = hog_target_dim(config, models.model_spec(config.model).patch_size)
+    target_size = 0  # a classifier has no pretraining head
+    if not finetune.is_classification(config):
+        target_size = target_dim(config, models.model_spec(config.model).patch_size)
     total_steps, warmup_steps = schedule_steps(config)
     schedule = optim.learning_rate_schedule(
         config.optim,
@@ -195,7 +283,7 @@ def build_trainer(
         total_steps=total_steps,
         warmup_steps=warmup_steps,
     )
-    make = functools.partial(_make_train_objects, config, target_dim, schedule)
+    make = functools.partial(_make_train_objects, config, target_size, schedule)
     abstract = nnx.eval_shape(lambda: make(nnx.Rngs(0)))
     graphdef, abstract_state = nnx.split(abstract)
     spec = abstract[0].spec  # with the HOG target size for the head
@@ -206,8 +294,14 @@ def build_trainer(
         return nnx.state(make(nnx.Rngs(key)))
 
     step = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, config=config, schedule=schedule),
-        in_shardings=(state_shardings, batch_sharding),
+        functools.partial(
+            train_step,
+            graphdef=graphdef,
+            config=config,
+            schedule=schedule,
+            data_groups=data_groups(config, mesh, rules),
+        ),
+        in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
@@ -294,6 +388,17 @@ def train_iterator(
     from maskfeat_jax.data import videos as video_data
 
     shard = grain.sharding.ShardByJaxProcess(drop_remainder=True)
+    if finetune.is_classification(config):
+        from maskfeat_jax.data import classification
+
+        return classification.iterator_from_config(
+            config,
+            spec=spec,
+            per_host_batch=config.input.batch_size // shard.shard_count,
+            shard_index=shard.shard_index,
+            shard_count=shard.shard_count,
+            workdir=workdir,
+        )
     kwargs = dict(
         image_size=spec.image_size,
         mask_grid=mask_grid(config, spec),
@@ -308,10 +413,15 @@ def train_iterator(
     return image_data.iterator_from_config(config, **kwargs)
 
 
-def _load_init_weights(trainer: Trainer, state: nnx.State, path: str) -> nnx.State:
+def _load_init_weights(
+    trainer: Trainer, state: nnx.State, path: str, exclude: str | None = None
+) -> nnx.State:
     """``config.init_from``: model weights only, adapted to this model's form (pretraining ->
-    fine-tuning, resampled position tables), placed in this run's shardings."""
+    fine-tuning, resampled position tables), placed in this run's shardings. Source entries
+    matching the regex ``exclude`` are left out (e.g. another target's head)."""
     source, _ = checkpoint.load_weights(path)
+    if exclude:
+        source = {k: v for k, v in source.items() if not re.match(exclude, k)}
     current = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(state[0])}
     template = {k: np.asarray(jax.device_get(v.get_value())) for k, v in current.items()}
     params, unused, kept = models.transfer_params(trainer.spec, source, template)
@@ -385,6 +495,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         trainer.total_steps,
         source if start == 0 else f"{source}, continuing at step {start + 1}",
     )
+    step_rng = jax.device_put(rng, trainer.rng_sharding)
+    evaluator, eval_every = None, 0
+    if finetune.is_classification(config) and config.get("eval"):
+        from maskfeat_jax import evaluate
+
+        evaluator = evaluate.Evaluator(trainer, workdir)
+        eval_every = eval_interval(config)
     log = MetricsLog(workdir)
     log.keep_until(start)  # steps after the restored one are recomputed
     every = max(1, int(config.log_every_steps))
@@ -397,7 +514,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             batch = sharding.to_global(
                 {k: host_batch[k] for k in model_inputs}, trainer.batch_sharding
             )
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, step_rng)
             if step == start + 1 or step % every == 0 or step == trainer.total_steps:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 last["skipped_inputs"] = float(bad_inputs.skipped)
@@ -424,6 +541,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                         f"loss became {last['loss']} at step {step}; lower "
                         "config.optim.base_lr or check the input data."
                     )
+            if evaluator is not None and (
+                step == trainer.total_steps or (eval_every and step % eval_every == 0)
+            ):
+                result = evaluator(state, step)
+                log.write(
+                    step,
+                    {f"eval_{k}": v for k, v in result.items() if k.startswith(("top", "ema_top"))},
+                )
+                last.update({f"eval_{k}": float(v) for k, v in result.items()})
             # The save policy already asks Orbax about preemption every step; ask again only
             # when it saved, to learn whether that save was the preemption one.
             stop = sigterm.requested

@@ -8,9 +8,9 @@ def take(ds_or_it, n):
     return [next(it) for _ in range(n)]
 
 
-def assert_batches_equal(a, b):
+def assert_batches_equal(a, b, required=("image", "mask")):
     assert len(a) == len(b)
     for x, y in zip(a, b):
-        assert x.keys() == y.keys() and {"image", "mask"} <= x.keys()
+        assert x.keys() == y.keys() and set(required) <= x.keys()
         for key in x:
             np.testing.assert_array_equal(x[key], y[key])

@@ -183,7 +183,9 @@ def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
     config = tiny_config(mesh=(("data", 1), ("fsdp", -1), ("tensor", 1)))
     big = train.build_trainer(config, _mesh(8))
     state = big.init(jax.random.key(1))
-    state, _ = big.step(state, sharding.to_global(random_batch(config), big.batch_sharding))
+    state, _ = big.step(
+        state, sharding.to_global(random_batch(config), big.batch_sharding), jax.random.key(0)
+    )
     saved = {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(state)}
     with checkpoint.RunCheckpoints(str(tmp_path), every_steps=1) as ckpts:
         ckpts.save(1, state, data=None, rng=jax.random.key(5), config=config)
@@ -204,7 +206,9 @@ def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
     assert len(var.get_value().sharding.device_set) == 4
     # ...and training goes on from there on the smaller mesh.
     _, metrics = small.step(
-        restored.state, sharding.to_global(random_batch(config, 1), small.batch_sharding)
+        restored.state,
+        sharding.to_global(random_batch(config, 1), small.batch_sharding),
+        restored.rng,
     )
     assert np.isfinite(float(metrics["loss"]))
 

@@ -314,9 +314,7 @@ def test_export_cli_from_a_checkpoint(tmp_path):
     config.model.update(image_size=32, depth=1)
     from maskfeat_jax import models, train
 
-    model = models.build_model(
-        config.model, nnx.Rngs(0), target_dim=train.hog_target_dim(config, 16)
-    )
+    model = models.build_model(config.model, nnx.Rngs(0), target_dim=train.target_dim(config, 16))
     ckpt = checkpoint.save_weights(
         str(tmp_path / "ckpt"), nnx.state(model), {"config": json.loads(config.to_json())}
     )

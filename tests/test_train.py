@@ -41,7 +41,9 @@ def run_steps(config, mesh, batches, init_state=None):
     )
     losses = []
     for b in batches:
-        state, metrics = trainer.step(state, sharding.to_global(b, trainer.batch_sharding))
+        state, metrics = trainer.step(
+            state, sharding.to_global(b, trainer.batch_sharding), jax.random.key(0)
+        )
         losses.append(float(metrics["loss"]))
     return trainer, state, losses
 
@@ -139,7 +141,7 @@ def test_video_loss_uses_targets_of_every_second_frame_on_masked_output_tokens()
     state = trainer.init(jax.random.key(0))
     model = nnx.merge(trainer.graphdef, state)[0]
     images = objectives.normalize(jnp.asarray(batch["image"]), config.input.mean, config.input.std)
-    loss, aux = train.loss_fn(model, jax.tree.map(jnp.asarray, batch), config)
+    loss, aux = train.pretrain_loss(model, jax.tree.map(jnp.asarray, batch), config)
     # Independent assembly: HOG of frames 0, 2, 4, 6 in (t, h, w) token order; predictions
     # with the units upsampled 8x to the 16 x 16 input grid; mean over masked output tokens.
     targets = np.stack(
@@ -216,7 +218,7 @@ def test_loss_uses_targets_of_the_normalized_view_and_masked_tokens_only():
     state = trainer.init(jax.random.key(0))
     model, _ = nnx.merge(trainer.graphdef, state)
     batch = random_batch(config)
-    loss, _ = train.loss_fn(model, batch, config)
+    loss, _ = train.pretrain_loss(model, batch, config)
     images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
     from maskfeat_jax import hog
 
@@ -286,3 +288,40 @@ def test_schedule_steps_from_epochs():
     c.input.batch_size = 2048
     total, warmup = train.schedule_steps(c)
     assert total == 1600 * (1_281_167 // 2048) and warmup == 30 * (1_281_167 // 2048)
+
+
+def test_pixel_target_is_each_patch_of_the_normalized_view_standardized():
+    config = tiny_config()
+    config.target = "pixels"
+    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
+    assert trainer.spec.target_dim == 3 * 16 * 16
+    model = nnx.merge(trainer.graphdef, trainer.init(jax.random.key(0)))[0]
+    batch = random_batch(config)
+    loss, _ = train.pretrain_loss(model, batch, config)
+    images = np.asarray(
+        objectives.normalize(batch["image"], config.input.mean, config.input.std), np.float64
+    )
+    # Token (h, w) of example b is rows 16h..16h+15, columns 16w..16w+15, channels last.
+    patches = np.stack(
+        [
+            images[:, 16 * h : 16 * h + 16, 16 * w : 16 * w + 16].reshape(8, -1)
+            for h in range(2)
+            for w in range(2)
+        ],
+        axis=1,
+    )
+    targets = (patches - patches.mean(-1, keepdims=True)) / np.sqrt(
+        patches.var(-1, keepdims=True) + 1e-6
+    )
+    np.testing.assert_allclose(
+        objectives.patch_pixels(jnp.asarray(images, jnp.float32), 16), targets, atol=2e-5
+    )
+    pred = np.asarray(
+        model(jnp.asarray(images, jnp.float32), jnp.asarray(batch["mask"]).reshape(8, -1))
+    )
+    m = batch["mask"].reshape(8, -1)
+    want = ((pred - targets) ** 2).mean(-1)[m].mean()
+    np.testing.assert_allclose(float(loss), want, rtol=1e-4)
+    config.target = "rgb"
+    with pytest.raises(ValueError, match="config.target"):
+        train.build_trainer(config, sharding.make_mesh(config.mesh))

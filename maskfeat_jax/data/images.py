@@ -524,14 +524,19 @@ def make_image_eval_dataset(
 
 
 def open_source(config, split: str):
-    """The image source ``config.input`` names: 'embedded' (the bundled photos), 'folder'
-    (``ImageFolder(data_dir/split)``) or a tfds name read with ``tfds.data_source``."""
+    """The image source ``config.input`` names: 'embedded' (the bundled photos), 'digits'
+    (scikit-learn's digits, labelled), 'folder' (``ImageFolder(data_dir/split)``) or a tfds
+    name read with ``tfds.data_source``."""
     from maskfeat_jax.data import embedded
 
     inp = config.input
     name = inp.get("dataset", "embedded")
     if name == "embedded":
         return embedded.load_split(split)
+    if name == "digits":
+        from maskfeat_jax.data import digits
+
+        return digits.load_split(split, image_size=int(inp.get("digits_size", 32)))
     data_dir = inp.get("data_dir")
     if not data_dir:
         raise ValueError(

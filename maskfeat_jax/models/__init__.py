@@ -57,16 +57,15 @@ def build_model(
     model: ml_collections.ConfigDict, rngs: nnx.Rngs, target_dim: int = 108
 ) -> nnx.Module:
     spec = model_spec(model, target_dim)
-    dtype = compute_dtype(model.get("dtype", "float32"))
-    if model.name == "mvit":
-        return mvit.MViT(spec, dtype=dtype, remat=model.get("remat", False), rngs=rngs)
-    return vit.ViT(
-        spec,
-        dtype=dtype,
-        scan=model.get("scan", False),
+    kwargs = dict(
+        dtype=compute_dtype(model.get("dtype", "float32")),
         remat=model.get("remat", False),
+        drop_path_rate=float(model.get("drop_path_rate", 0.0) or 0.0),
         rngs=rngs,
     )
+    if model.name == "mvit":
+        return mvit.MViT(spec, **kwargs)
+    return vit.ViT(spec, scan=model.get("scan", False), **kwargs)
 
 
 def transfer_params(spec, flat, template):

@@ -81,6 +81,34 @@ def gelu(x: jax.Array) -> jax.Array:
     return jax.nn.gelu(x, approximate=False)
 
 
+def drop_path(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
+    """Stochastic depth: zeroes a residual branch for a random ``rate`` fraction of the examples
+    and scales the rest by 1/(1 - rate) (timm ``DropPath``). No key (evaluation) or a rate of 0
+    leaves ``x`` unchanged. ``rate`` may be traced (the scanned ViT carries one per layer)."""
+    if key is None or (isinstance(rate, (int, float)) and rate == 0):
+        return x
+    keep = 1.0 - jnp.asarray(rate, jnp.float32)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    kept = jax.random.bernoulli(key, keep, shape)
+    return jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block rates rising linearly from 0 to ``rate`` (timm / SlowFast ``dpr``)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}.")
+    if depth == 1:
+        return [0.0]
+    return [rate * i / (depth - 1) for i in range(depth)]
+
+
+def block_keys(key: jax.Array | None, depth: int):
+    """One key per block for its two drop-path draws (None when not training)."""
+    if key is None:
+        return [None] * depth
+    return list(jax.random.split(key, depth))
+
+
 class Mlp(nnx.Module):
     """fc1 -> exact GELU -> fc2 (SlowFast/timm ``mlp.fc1`` / ``mlp.fc2``)."""
 
@@ -212,11 +240,23 @@ class MaskFeatModel(nnx.Module):
         )
         return jnp.concatenate([cls, tokens], axis=1)
 
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, *, key: jax.Array | None = None
+    ) -> jax.Array:
         """Pretraining: per-output-token predictions [B, N_out, target_dim] (float32), with
         ``mask`` the token mask on the *input* token grid. Fine-tuning: logits
-        [B, num_classes] (float32) from mean-pooled patch tokens -> norm -> head."""
-        patches = self.encode(x, mask)[:, 1:]
+        [B, num_classes] (float32) from mean-pooled patch tokens -> norm -> head. A ``key``
+        (training) turns drop path on."""
+        patches = self.encode(x, mask, key)[:, 1:]
         if self.spec.num_classes:
-            return at_least_f32(self.head(self.norm(patches.mean(axis=1))))
+            return at_least_f32(self.head(self.norm(self.pool(patches))))
         return self.pred_head(patches)
+
+    def features(self, x: jax.Array) -> jax.Array:
+        """Frozen-encoder features for linear probing: mean of the last block's patch tokens
+        (a pretrained encoder has no final norm), float32 [B, D]."""
+        return at_least_f32(self.pool(self.encode(x)[:, 1:]))
+
+    @staticmethod
+    def pool(patches: jax.Array) -> jax.Array:
+        return patches.mean(axis=1)

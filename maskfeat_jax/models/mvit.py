@@ -493,13 +493,14 @@ class MultiScaleBlock(nnx.Module):
                 block.dim, block.dim_out, ("embed", "embed"), dtype=dtype, rngs=rngs
             )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, drop_rate=0.0, key: jax.Array | None = None) -> jax.Array:
+        k1, k2 = (None, None) if key is None else jax.random.split(key)
         attended = self.attn(self.norm1(x))
         skip = _max_pool_skip(x, self.block) if self.block.pools_q else x
-        x = skip + attended
+        x = skip + layers.drop_path(attended, drop_rate, k1)
         xn = self.norm2(x)
         shortcut = self.proj(xn) if self.block.dim != self.block.dim_out else x
-        return shortcut + self.mlp(xn)
+        return shortcut + layers.drop_path(self.mlp(xn), drop_rate, k2)
 
 
 class PatchEmbed(nnx.Module):
@@ -534,14 +535,25 @@ class MViT(layers.MaskFeatModel):
       spec: architecture.
       dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
       remat: rematerialise each block in the backward pass (saves activation memory).
+      drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the
+        first); active only when the call passes a ``key``.
     """
 
     name = "MViT"
 
-    def __init__(self, spec: MViTSpec, *, dtype=jnp.float32, remat: bool = False, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        spec: MViTSpec,
+        *,
+        dtype=jnp.float32,
+        remat: bool = False,
+        drop_path_rate: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
         self.spec = spec
         self.dtype = dtype
         self.remat = remat
+        self.drop_rates = tuple(layers.drop_path_rates(drop_path_rate, spec.depth))
         d = spec.embed_dim
         token_init = layers.with_axes(layers.weight_init(), (None, None, "embed"))
         self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
@@ -557,16 +569,20 @@ class MViT(layers.MaskFeatModel):
             x = x[:, None]
         return self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
 
-    def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """All output tokens of the last block, cls first: [B, 1 + prod(output grid), D_out]."""
+    def encode(
+        self, x: jax.Array, mask: jax.Array | None = None, key: jax.Array | None = None
+    ) -> jax.Array:
+        """All output tokens of the last block, cls first: [B, 1 + prod(output grid), D_out].
+        ``key`` turns drop path on."""
         self._check_input(x)
         h = self.embed(x, mask)
 
-        def apply_block(block: MultiScaleBlock, y: jax.Array) -> jax.Array:
-            return block(y)
+        def apply_block(block: MultiScaleBlock, y: jax.Array, rate, k) -> jax.Array:
+            return block(y, rate, k)
 
         if self.remat:
-            apply_block = nnx.remat(apply_block)
-        for block in self.blocks:
-            h = apply_block(block, h)
+            apply_block = nnx.remat(apply_block, static_argnums=(2,))
+        keys = layers.block_keys(key, len(self.blocks))
+        for block, rate, k in zip(self.blocks, self.drop_rates, keys):
+            h = apply_block(block, h, rate, k)
         return h

@@ -191,9 +191,10 @@ class Block(nnx.Module):
         self.norm2 = layers.layer_norm(dim, dtype=dtype, rngs=rngs)
         self.mlp = layers.Mlp(dim, mlp_dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+    def __call__(self, x: jax.Array, drop_rate=0.0, key: jax.Array | None = None) -> jax.Array:
+        k1, k2 = (None, None) if key is None else jax.random.split(key)
+        x = x + layers.drop_path(self.attn(self.norm1(x)), drop_rate, k1)
+        return x + layers.drop_path(self.mlp(self.norm2(x)), drop_rate, k2)
 
 
 class ViT(layers.MaskFeatModel):
@@ -204,6 +205,8 @@ class ViT(layers.MaskFeatModel):
       dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
       scan: stack the blocks and run them with ``nnx.scan`` (faster compiles for deep models).
       remat: rematerialise each block in the backward pass (saves activation memory).
+      drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the
+        first); active only when the call passes a ``key``.
     """
 
     name = "ViT"
@@ -215,12 +218,14 @@ class ViT(layers.MaskFeatModel):
         dtype=jnp.float32,
         scan: bool = False,
         remat: bool = False,
+        drop_path_rate: float = 0.0,
         rngs: nnx.Rngs,
     ):
         self.spec = spec
         self.dtype = dtype
         self.scan = scan
         self.remat = remat
+        self.drop_rates = tuple(layers.drop_path_rates(drop_path_rate, spec.depth))
         d = spec.width
         token_init = layers.with_axes(layers.weight_init(), (None, None, "embed"))
         self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
@@ -245,21 +250,34 @@ class ViT(layers.MaskFeatModel):
         tokens = self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
         return tokens + self.pos_embed[...].astype(tokens.dtype)
 
-    def encode(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        """All encoder output tokens, cls first: [B, 1+N, D]."""
+    def encode(
+        self, x: jax.Array, mask: jax.Array | None = None, key: jax.Array | None = None
+    ) -> jax.Array:
+        """All encoder output tokens, cls first: [B, 1+N, D]. ``key`` turns drop path on."""
         self._check_input(x)
         h = self.embed(x, mask)
 
-        def apply_block(block: Block, y: jax.Array) -> jax.Array:
-            return block(y)
+        def apply_block(block: Block, y: jax.Array, rate, k) -> jax.Array:
+            return block(y, rate, k)
 
-        if self.remat:
-            apply_block = nnx.remat(apply_block)
+        if self.remat:  # a per-layer rate is a Python float unless the blocks are scanned
+            apply_block = nnx.remat(apply_block, static_argnums=() if self.scan else (2,))
+        depth = self.spec.depth
         if self.scan:
+            rates = jnp.asarray(self.drop_rates, jnp.float32)
+            if key is None:
+                body = nnx.scan(
+                    lambda y, block, r: apply_block(block, y, r, None),
+                    in_axes=(nnx.Carry, 0, 0),
+                    out_axes=nnx.Carry,
+                )
+                return body(h, self.blocks, rates)
             body = nnx.scan(
-                lambda y, block: apply_block(block, y), in_axes=(nnx.Carry, 0), out_axes=nnx.Carry
+                lambda y, block, r, k: apply_block(block, y, r, k),
+                in_axes=(nnx.Carry, 0, 0, 0),
+                out_axes=nnx.Carry,
             )
-            return body(h, self.blocks)
-        for block in self.blocks:
-            h = apply_block(block, h)
+            return body(h, self.blocks, rates, jax.random.split(key, depth))
+        for block, rate, k in zip(self.blocks, self.drop_rates, layers.block_keys(key, depth)):
+            h = apply_block(block, h, rate, k)
         return h

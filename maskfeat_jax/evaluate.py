@@ -1,0 +1,271 @@
+r"""Classification evaluation: top-1/top-5 over a whole eval split, exact across hosts.
+
+Images: one view per image (resize ``image_size / 0.875`` bicubic, centre crop). Video:
+``num_clips`` temporal clips x ``num_crops`` spatial crops per video; each view's softmax is
+summed per video (SlowFast's ``ENSEMBLE_METHOD: sum``; same ranking as the average), then
+top-k over videos. Every host reads its share of the views, padded with invalid entries so
+that all hosts run the same number of steps; the jitted step returns each batch's
+probabilities replicated, so every host sees every view and aggregates the same numbers.
+Results go to ``workdir/eval/<split>_step<N>.json`` and ``workdir/results.json``.
+
+Standalone: ``python -m maskfeat_jax.evaluate --config configs/x.py --workdir DIR`` evaluates
+the latest checkpoint of ``DIR`` (or ``--checkpoint PATH``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from maskfeat_jax import objectives, sharding
+
+
+@dataclasses.dataclass
+class ViewAccumulator:
+    """Sums softmax over the views of each example; counts each example once.
+
+    ``add`` takes a batch of views: probabilities [B, C], the example id of each view, its
+    label and whether it is real (padding and unreadable inputs are not)."""
+
+    num_classes: int
+    sums: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
+    labels: dict[int, int] = dataclasses.field(default_factory=dict)
+    views: dict[int, int] = dataclasses.field(default_factory=dict)
+    invalid_views: int = 0
+
+    def add(self, probs: np.ndarray, ids: np.ndarray, labels: np.ndarray, valid: np.ndarray):
+        probs = np.asarray(probs, np.float64)
+        if probs.ndim != 2 or probs.shape[1] != self.num_classes:
+            raise ValueError(f"probs must be [B, {self.num_classes}], got {probs.shape}")
+        for p, i, y, ok in zip(probs, np.asarray(ids), np.asarray(labels), np.asarray(valid)):
+            if not ok:
+                self.invalid_views += 1
+                continue
+            i, y = int(i), int(y)
+            if i in self.labels and self.labels[i] != y:
+                raise ValueError(f"example {i} has views with labels {self.labels[i]} and {y}")
+            self.sums[i] = self.sums.get(i, 0.0) + p
+            self.labels[i] = y
+            self.views[i] = self.views.get(i, 0) + 1
+
+    def result(self, ks: Iterable[int] = (1, 5)) -> dict[str, float]:
+        ids = sorted(self.sums)
+        out: dict[str, float] = {
+            "num_examples": len(ids),
+            "num_views": int(sum(self.views.values())),
+            "invalid_views": self.invalid_views,
+        }
+        if not ids:
+            return out
+        scores = np.stack([self.sums[i] for i in ids])
+        labels = np.asarray([self.labels[i] for i in ids])
+        # Ties broken by the lower class index, as a stable argsort of the negated scores.
+        order = np.argsort(-scores, axis=1, kind="stable")
+        for k in ks:
+            if k <= self.num_classes:
+                hit = (order[:, :k] == labels[:, None]).any(axis=1)
+                out[f"top{k}"] = float(hit.mean())
+        counts = np.bincount(list(self.views.values()))
+        out["views_per_example_min"] = int(np.nonzero(counts)[0].min())
+        out["views_per_example_max"] = int(len(counts) - 1)
+        return out
+
+
+def eval_split(config: ml_collections.ConfigDict) -> str:
+    return config.eval.get("split") or "validation"
+
+
+def eval_iterator(
+    config, spec, workdir: str | None, per_host_batch: int, split: str, ev: Mapping[str, Any]
+):
+    """One pass over this host's share of ``split`` with the view settings ``ev``
+    (resize_size; short_side, num_clips, num_crops; worker_count): (dataset, id field)."""
+    from maskfeat_jax.data import images as image_data
+    from maskfeat_jax.data import videos as video_data
+
+    inp = config.input
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    workers = dict(worker_count=int(ev.get("worker_count", 0) or 0))
+    if spec.is_video:
+        source = video_data.open_source(config, workdir, split)
+        ds = video_data.make_video_eval_dataset(
+            source,
+            num_frames=spec.num_frames,
+            image_size=spec.image_size,
+            per_host_batch=per_host_batch,
+            stride=int(inp.get("frame_stride", 4)),
+            target_fps=float(inp.get("target_fps", 30.0)),
+            short_side=int(ev.get("short_side", 256)),
+            num_clips=int(ev.get("num_clips", 10)),
+            num_crops=int(ev.get("num_crops", 1)),
+            min_frames=inp.get("min_frames", None),
+            **shard,
+            **workers,
+        )
+        return ds, "video_index"
+    source = image_data.open_source(config, split)
+    ds = image_data.make_image_eval_dataset(
+        source,
+        image_size=spec.image_size,
+        per_host_batch=per_host_batch,
+        resize_size=ev.get("resize_size", None),
+        **shard,
+        **workers,
+    )
+    return ds, "index"
+
+
+def make_predict(graphdef: nnx.GraphDef, config, mesh, state_shardings, batch_sharding):
+    """Jitted (state, batch) -> softmax of the model (and of the EMA model when the state
+    carries one), with the batch's ids/labels/valid, all replicated to every host."""
+    mean, std = config.input.mean, config.input.std
+
+    def predict(state, batch):
+        parts = nnx.merge(graphdef, state)
+        images = objectives.normalize(batch["image"], mean, std)
+        out = {k: batch[k] for k in ("id", "label", "valid")}
+        out["probs"] = jax.nn.softmax(parts[0](images), axis=-1)
+        if len(parts) > 2:
+            out["probs_ema"] = jax.nn.softmax(parts[2](images), axis=-1)
+        return out
+
+    return jax.jit(
+        predict,
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=sharding.replicated(mesh),
+    )
+
+
+def run_eval(
+    predict: Callable,
+    state: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    id_key: str,
+    num_classes: int,
+    batch_sharding,
+) -> dict[str, float]:
+    """Feeds every batch through ``predict`` and aggregates; keys ``top1``, ``top5``, ... and
+    ``ema_top1``, ... when the state has an EMA model."""
+    plain = ViewAccumulator(num_classes)
+    ema = ViewAccumulator(num_classes)
+    skipped = 0
+    for host_batch in batches:
+        skipped += int(np.sum(host_batch.get("skipped", 0)))
+        feed = {
+            "image": host_batch["image"],
+            "id": np.asarray(host_batch[id_key], np.int32),
+            "label": np.asarray(host_batch["label"], np.int32),
+            "valid": np.asarray(host_batch["valid"], bool),
+        }
+        out = jax.device_get(predict(state, sharding.to_global(feed, batch_sharding)))
+        plain.add(out["probs"], out["id"], out["label"], out["valid"])
+        if "probs_ema" in out:
+            ema.add(out["probs_ema"], out["id"], out["label"], out["valid"])
+    result = plain.result()
+    if ema.sums:
+        result.update({f"ema_{k}": v for k, v in ema.result().items() if k.startswith("top")})
+    result["unreadable_inputs_this_host"] = skipped
+    return result
+
+
+def write_results(workdir: str, split: str, step: int, result: Mapping[str, Any]) -> str:
+    """``eval/<split>_step<N>.json`` and the latest in ``results.json`` (host 0, atomic)."""
+    if jax.process_index() != 0:
+        return ""
+    directory = os.path.join(workdir, "eval")
+    os.makedirs(directory, exist_ok=True)
+    record = {"split": split, "step": int(step), **result}
+    path = os.path.join(directory, f"{split}_step{step}.json")
+    for target in (path, os.path.join(workdir, "results.json")):
+        tmp = target + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+        os.replace(tmp, target)
+    return path
+
+
+class Evaluator:
+    """Evaluation of a trainer's state on the config's eval split."""
+
+    def __init__(self, trainer, workdir: str | None):
+        config = trainer.config
+        self.config, self.trainer, self.workdir = config, trainer, workdir
+        self.batch_size = int(config.eval.get("batch_size") or config.input.batch_size)
+        sharding.check_global_batch(self.batch_size, trainer.mesh, trainer.rules)
+        if self.batch_size % jax.process_count():
+            raise ValueError(
+                f"config.eval.batch_size={self.batch_size} must split evenly over "
+                f"{jax.process_count()} hosts."
+            )
+        self.predict = make_predict(
+            trainer.graphdef,
+            config,
+            trainer.mesh,
+            trainer.state_shardings,
+            trainer.batch_sharding,
+        )
+
+    def __call__(self, state, step: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        per_host = self.batch_size // jax.process_count()
+        split = eval_split(self.config)
+        ds, id_key = eval_iterator(
+            self.config, self.trainer.spec, self.workdir, per_host, split, self.config.eval
+        )
+        result = run_eval(
+            self.predict,
+            state,
+            ds,
+            id_key=id_key,
+            num_classes=self.config.model.num_classes,
+            batch_sharding=self.trainer.batch_sharding,
+        )
+        result["seconds"] = time.perf_counter() - t0
+        if self.workdir:
+            write_results(self.workdir, split, step, result)
+        logging.info(
+            "eval %s at step %d: %s",
+            split,
+            step,
+            ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)),
+        )
+        return result
+
+
+def _main(argv):
+    from absl import app
+
+    from maskfeat_jax import checkpoint, train
+
+    del argv
+    checkpoint.quiet_orbax_logging()
+    config, workdir = _CONFIG.value, _WORKDIR.value
+    trainer = train.build_trainer(config)
+    target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
+    path = _CHECKPOINT.value or os.path.join(workdir, "checkpoints")
+    if not os.path.exists(path):
+        raise app.UsageError(f"no checkpoint at {path}; pass --checkpoint PATH")
+    restored = checkpoint.restore_run(path, target)
+    result = Evaluator(trainer, workdir)(restored.state, restored.step)
+    print(json.dumps(result, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.")
+    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (results are written here).")
+    _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the workdir's).")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_main)
