@@ -201,7 +201,7 @@ def measure_step_fraction(
         "mask": np.random.default_rng(0).random((batch, grid, grid)) < 0.4,
     }
     device_batch = sharding.to_global(host, trainer.batch_sharding)
-    rng = jax.device_put(jax.random.key(0), trainer.rng_sharding)
+    rng = sharding.replicate_key(jax.random.key(0), trainer.mesh)
     x = jax.device_put(jnp.asarray(pixels))
     targets = jax.jit(hog_targets)
     targets(x).block_until_ready()

@@ -1,6 +1,12 @@
-r"""Entry point: ``python -m maskfeat_jax.main --config configs/<experiment>.py[:variant] --workdir DIR``.
+r"""Entry point of training runs::
+
+    python -m maskfeat_jax.main --config configs/<experiment>.py[:variant] --workdir DIR
 
 Any config value can be overridden on the command line, e.g. ``--config.input.batch_size=64``.
+
+Multi-host: on a Cloud TPU pod slice run the same command on every host. On CPU/GPU clusters
+also give each process ``--coordinator_address=HOST:PORT`` (of process 0), ``--num_processes``
+and its ``--process_id``, or the ``MASKFEAT_*`` variables of ``maskfeat_jax.distributed``.
 """
 
 from __future__ import annotations
@@ -18,12 +24,37 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where metrics and checkpoints are written.")
 flags.mark_flags_as_required(["config", "workdir"])
+# Multi-process runs off Cloud TPU; unset flags fall back to maskfeat_jax.distributed's
+# environment variables.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0 ($MASKFEAT_COORDINATOR)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Processes in the run; 1 = single ($MASKFEAT_NUM_PROCESSES)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "This process, 0..num_processes-1 ($MASKFEAT_PROCESS_ID)."
+)
+_DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
+    "distributed_timeout",
+    None,
+    "Seconds to wait for all processes to join ($MASKFEAT_DISTRIBUTED_TIMEOUT; default 300).",
+)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     # Imported here so that `--help` and flag errors do not pay for JAX start-up.
+    from maskfeat_jax import distributed
+
+    # Before anything uses JAX devices: joining a multi-process run must come first.
+    distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        timeout_seconds=_DISTRIBUTED_TIMEOUT.value,
+    )
     from maskfeat_jax import checkpoint, train
 
     checkpoint.quiet_orbax_logging()

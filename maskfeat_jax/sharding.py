@@ -168,6 +168,13 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def replicate_key(key: jax.Array, mesh: Mesh) -> jax.Array:
+    """A typed PRNG key copied to every device of the mesh, in every process (``device_put``
+    of the key itself only works for meshes of this process's devices)."""
+    data = jax.device_put(np.asarray(jax.random.key_data(key)), replicated(mesh))
+    return jax.random.wrap_key_data(data, impl=jax.random.key_impl(key))
+
+
 def sharded_fraction(state: Any) -> float:
     """Bytes one device holds of the state, over the bytes of the whole state.
 

@@ -31,6 +31,7 @@ from flax import nnx
 
 from maskfeat_jax import checkpoint, finetune, hog, masking, models, objectives, optim, sharding
 from maskfeat_jax.data import skipping
+from maskfeat_jax.models import layers
 
 Batch = Mapping[str, Any]
 
@@ -293,14 +294,20 @@ def build_trainer(
     def init(key):
         return nnx.state(make(nnx.Rngs(key)))
 
+    step_fn = functools.partial(
+        train_step,
+        graphdef=graphdef,
+        config=config,
+        schedule=schedule,
+        data_groups=data_groups(config, mesh, rules),
+    )
+
+    def traced_step(state, batch, rng):
+        with layers.activations_sharded(batch_sharding):
+            return step_fn(state, batch, rng)
+
     step = jax.jit(
-        functools.partial(
-            train_step,
-            graphdef=graphdef,
-            config=config,
-            schedule=schedule,
-            data_groups=data_groups(config, mesh, rules),
-        ),
+        traced_step,
         in_shardings=(state_shardings, batch_sharding, sharding.replicated(mesh)),
         out_shardings=(state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
@@ -495,7 +502,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         trainer.total_steps,
         source if start == 0 else f"{source}, continuing at step {start + 1}",
     )
-    step_rng = jax.device_put(rng, trainer.rng_sharding)
+    step_rng = sharding.replicate_key(rng, trainer.mesh)
     evaluator, eval_every = None, 0
     if finetune.is_classification(config) and config.get("eval"):
         from maskfeat_jax import evaluate

@@ -13,6 +13,8 @@ Linear bias 0.02, LayerNorm weight 1 and bias 0.02.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Any, Sequence
 
 import jax
@@ -79,6 +81,28 @@ def layer_norm(
 def gelu(x: jax.Array) -> jax.Array:
     # Exact erf GELU as in PyTorch's nn.GELU(); jax.nn.gelu defaults to tanh.
     return jax.nn.gelu(x, approximate=False)
+
+
+_ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activations_sharded(sharding):
+    """While a step is traced in this context, ``shard_batch`` pins activations to
+    ``sharding`` (examples split over the batch mesh axes). Without the pins XLA may gather
+    the whole global batch of images onto every chip around the FSDP-sharded patch
+    embedding, rather than gathering the small kernel."""
+    token = _ACTIVATION_SHARDING.set(sharding)
+    try:
+        yield
+    finally:
+        _ACTIVATION_SHARDING.reset(token)
+
+
+def shard_batch(x: jax.Array) -> jax.Array:
+    """``x`` [B, ...] constrained to the batch sharding of ``activations_sharded`` (if any)."""
+    sharding = _ACTIVATION_SHARDING.get()
+    return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
 
 
 def drop_path(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
@@ -238,7 +262,7 @@ class MaskFeatModel(nnx.Module):
         cls = jnp.broadcast_to(
             self.cls_token[...].astype(tokens.dtype), (tokens.shape[0], 1, tokens.shape[-1])
         )
-        return jnp.concatenate([cls, tokens], axis=1)
+        return shard_batch(jnp.concatenate([cls, tokens], axis=1))
 
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None, *, key: jax.Array | None = None

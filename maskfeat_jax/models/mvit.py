@@ -578,7 +578,7 @@ class MViT(layers.MaskFeatModel):
         h = self.embed(x, mask)
 
         def apply_block(block: MultiScaleBlock, y: jax.Array, rate, k) -> jax.Array:
-            return block(y, rate, k)
+            return layers.shard_batch(block(y, rate, k))
 
         if self.remat:
             apply_block = nnx.remat(apply_block, static_argnums=(2,))

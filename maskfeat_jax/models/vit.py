@@ -258,7 +258,7 @@ class ViT(layers.MaskFeatModel):
         h = self.embed(x, mask)
 
         def apply_block(block: Block, y: jax.Array, rate, k) -> jax.Array:
-            return block(y, rate, k)
+            return layers.shard_batch(block(y, rate, k))
 
         if self.remat:  # a per-layer rate is a Python float unless the blocks are scanned
             apply_block = nnx.remat(apply_block, static_argnums=() if self.scan else (2,))

@@ -1,0 +1,1 @@
+"""Running MaskFeat pretraining on Cloud TPU VMs: ``python -m launch.tpu ACTION`` (see README)."""

@@ -1,0 +1,100 @@
+"""The TPU planner: the real train step compiled for a TPU topology on this CPU-only machine."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import common
+from maskfeat_jax import plan
+from tests.runs import ROOT, child_env
+
+pytest.importorskip("libtpu", reason="planning needs libtpu (requirements-plan.txt)")
+
+
+def tiny_config(batch=32):
+    c = common.pretrain_config()
+    c.model.update(variant="B/16", image_size=64, width=128, depth=2, num_heads=4, mlp_dim=256)
+    c.model.dtype = "bfloat16"
+    c.input.batch_size = batch
+    c.total_steps = 1000
+    c.optim.warmup_steps = 10
+    return c
+
+
+def test_topology_names():
+    assert plan.parse_topology("v5e:16x16") == ("v5e", (16, 16))
+    assert plan.parse_topology("v4:4x4x4") == ("v4", (4, 4, 4))
+    with pytest.raises(plan.PlanError, match="v5e:16x16"):
+        plan.parse_topology("v5litepod-256")
+
+
+LOOP_HLO = """HloModule m
+
+%body (p: (s32[], bf16[8,128])) -> (s32[], bf16[8,128]) {
+  %ag = bf16[32,128]{1,0} all-gather(bf16[8,128]{1,0} %x), replica_groups=[1,4]<=[4]
+  %rs = bf16[8,128]{1,0} reduce-scatter(bf16[32,128]{1,0} %y), replica_groups=[1,4]<=[4]
+}
+
+%cond (p: (s32[], bf16[8,128])) -> pred[] {
+  %n = s32[] constant(24)
+  ROOT %lt = pred[] compare(s32[] %i, s32[] %n), direction=LT
+}
+
+ENTRY %main (a: bf16[8,128]) -> f32[] {
+  %w = (s32[], bf16[8,128]) while(%t), condition=%cond, body=%body
+  %ar = f32[1000]{0} all-reduce(f32[1000]{0} %g), replica_groups={{0,1,2,3}}, to_apply=%add
+}
+"""
+
+
+def test_collectives_inside_loops_count_once_per_trip():
+    got = plan.collective_bytes(LOOP_HLO, 4)
+    full = 32 * 128 * 2  # the gathered array, bytes
+    np.testing.assert_allclose(got["all-gather"], 24 * full * 3 / 4)
+    np.testing.assert_allclose(got["reduce-scatter"], 24 * (8 * 128 * 2) * 3)
+    np.testing.assert_allclose(got["all-reduce"], 2 * 4000 * 3 / 4)
+    # XLA's own trip count wins where it gives one.
+    known = LOOP_HLO.replace(
+        "body=%body", 'body=%body, backend_config={"known_trip_count":{"n":"6"}}'
+    )
+    np.testing.assert_allclose(plan.collective_bytes(known, 4)["all-gather"], 6 * full * 3 / 4)
+
+
+def test_plan_compiles_the_train_step_for_a_tpu_slice():
+    result = plan.plan(tiny_config(), "v5e:2x2")
+    assert result["chips"] == 4 and result["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    hbm = result["hbm_bytes"]
+    assert hbm["arguments"] > 0 and hbm["temporaries"] > 0
+    assert 0 < result["hbm_fraction"] < 0.5
+    # Model FLOPs: 3 x the forward pass, ~6 x parameters x tokens for a ViT.
+    params = 2 * (12 * 128 * 128) + 16 * 16 * 3 * 128  # blocks + patch embedding (matmuls)
+    tokens = 32 * 17
+    assert 0.8 < result["model_flops_per_step"] / (6 * params * tokens) < 1.6
+    # FSDP gathers parameters and reduces gradients over the 4 chips.
+    assert result["collective_bytes_per_chip"].get("all-gather", 0) > 0
+    assert 0 < result["mfu_serial"] <= result["mfu_overlapped"] <= 1
+    assert result["seconds"]["step_serial"] >= result["seconds"]["step_overlapped"]
+    report = plan.format_report(result)
+    assert "projection, not a measurement" in report and "HBM per chip" in report
+
+
+def test_a_config_that_does_not_fit_names_the_knobs(monkeypatch):
+    small = plan.Chip("TPU v5e", 197e12, 2**20, 819e9, 200e9)  # a 1 MiB chip
+    monkeypatch.setitem(plan.CHIPS, "v5e", small)
+    config = tiny_config()
+    with pytest.raises(plan.PlanError) as err:
+        plan.plan(config, "v5e:2x2")
+    message = str(err.value)
+    for knob in ("model.remat=True", "input.batch_size", "--config.mesh"):
+        assert knob in message
+
+
+def test_command_line_reports_and_refuses_unknown_topologies(tmp_path):
+    bad = subprocess.run(
+        [sys.executable, "-m", "maskfeat_jax.plan", "--config", "configs/demo.py",
+         "--topology", "v9:2x2"],
+        cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "unknown topology" in bad.stderr
