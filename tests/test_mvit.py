@@ -147,6 +147,38 @@ def test_tokens_and_logits_match_torchvision_mvit(dtype, atol):
                     )
 
 
+def test_gradients_match_torchvision_mvit_in_float64():
+    # The CPU path has hand-written backward passes (depthwise pooling, attention, dense
+    # layers): every parameter's gradient and the input's must equal torch autograd's.
+    rng = np.random.default_rng(3)
+    clips = rng.normal(size=(2, 8, 64, 64, 3))
+    spec = small_spec()
+    tv = build_torchvision(spec, "float64")
+    with jax.enable_x64(True):
+        model, _ = jax_model_from_torchvision(tv, spec, jnp.float64)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(p, x):
+            return jnp.mean(nnx.merge(graphdef, p, rest).encode(x) ** 2)
+
+        grads, dx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, jnp.asarray(clips))
+        ours = torch_names.flat_params(grads)
+    xt = torch.from_numpy(clips.transpose(0, 4, 1, 2, 3).copy()).requires_grad_(True)
+    torch_tokens(tv, xt).pow(2).mean().backward()
+    tv_grads = {k: v.grad for k, v in tv.named_parameters() if v.grad is not None}
+    want, _ = torch_names.from_torch(tv_grads, ours, torch_names.TORCHVISION_MVIT)
+    compared = [k for k in ours if not k.startswith(("mask_token", "pred_head"))]
+    assert len(compared) > 60
+    # norm_k's bias shifts every key alike, so its true gradient is 0 (rounding on both sides)
+    floor = 1e-6 * max(float(np.max(np.abs(want[k]))) for k in compared)
+    for key in compared:
+        scale = max(float(np.max(np.abs(want[key]))), floor)
+        np.testing.assert_allclose(ours[key] / scale, want[key] / scale, atol=1e-9, err_msg=key)
+    np.testing.assert_allclose(
+        np.asarray(dx), xt.grad.numpy().transpose(0, 2, 3, 4, 1), atol=1e-12, rtol=1e-9
+    )
+
+
 def test_masked_pretraining_predictions_match_torchvision_with_the_same_mask():
     rng = np.random.default_rng(1)
     clips = rng.normal(size=(2, 8, 64, 64, 3))
@@ -342,10 +374,15 @@ def test_pretrained_weights_move_to_the_finetune_form_with_resized_rel_pos():
     assert "blocks/0/attn/qkv/kernel: shape (96, 3)" in str(err.value)
 
 
-@pytest.mark.parametrize("stride", [(1, 1, 1), (1, 2, 2), (1, 8, 8), (2, 2, 2)])
-def test_cpu_depthwise_pooling_and_its_gradients_equal_the_grouped_convolution(stride):
+@pytest.mark.parametrize(
+    "stride,batch",
+    [((1, 1, 1), 3), ((1, 2, 2), 3), ((1, 8, 8), 3), ((2, 2, 2), 3), ((1, 2, 2), 17)],
+)
+def test_cpu_depthwise_pooling_and_its_gradients_equal_the_grouped_convolution(stride, batch):
+    # batch 17 x 4 frames sums more (batch, frame) terms than the unrolled weight gradient
+    # takes, so it checks the reduction fallback too.
     rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(3, 4, 16, 16, 8)))
+    x = jnp.asarray(rng.normal(size=(batch, 4, 16, 16, 8)))
     w = jnp.asarray(rng.normal(size=(3, 3, 3, 1, 8)))
 
     def conv(x, w):

@@ -259,3 +259,36 @@ def test_dense_layers_backward_equals_autodiff_of_the_plain_matmul():
         assert model.blocks[0].mlp.fc1.dot_general is layers.dot_general
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_attention_and_gelu_backward_passes_equal_autodiff():
+    # layers.attend and layers.gelu have hand-written backward passes; float64 against
+    # autodiff of the plain formulas (and GELU's values against PyTorch's exact GELU).
+    from maskfeat_jax.models import layers
+
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    with jax.enable_x64(True):
+        q, k, v = (jnp.asarray(rng.standard_normal((2, 3, n, 4))) for n in (7, 5, 5))
+        bias = jnp.asarray(rng.standard_normal((2, 3, 7, 5)))
+        g = jnp.asarray(rng.standard_normal((2, 3, 7, 4)))
+
+        def plain(q, k, v, bias):
+            weights = jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias, axis=-1)
+            return jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+
+        want = jax.vjp(plain, q, k, v, bias)
+        got = jax.vjp(layers.attend, q, k, v, bias)
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-13)
+        for a, b in zip(got[1](g), want[1](g)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+
+        x = jnp.asarray(rng.standard_normal(1000) * 4)
+        ref = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x))).numpy()
+        np.testing.assert_allclose(layers.gelu(x), ref, rtol=0, atol=1e-14)
+        exact = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x, approximate=False) * x))(x)
+        ours = jax.grad(lambda x: jnp.sum(layers.gelu(x) * x))(x)
+        np.testing.assert_allclose(ours, exact, rtol=0, atol=1e-13)
+    x32 = jnp.asarray(rng.standard_normal(1000) * 4, jnp.float32)
+    ref32 = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x32))).numpy()
+    np.testing.assert_allclose(layers.gelu(x32), ref32, rtol=0, atol=2e-6)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import math
 from typing import Any, Sequence
 
 import jax
@@ -113,9 +114,28 @@ def layer_norm(
     )
 
 
+@jax.custom_vjp
 def gelu(x: jax.Array) -> jax.Array:
-    # Exact erf GELU as in PyTorch's nn.GELU(); jax.nn.gelu defaults to tanh.
-    return jax.nn.gelu(x, approximate=False)
+    """Exact erf GELU as in PyTorch's nn.GELU() (jax.nn.gelu defaults to tanh), written
+    with erf: jax.nn.gelu's exact form goes through erfc, which XLA's CPU backend
+    evaluates 2.5x slower. The backward is x's CDF plus x times its density."""
+    return x * _normal_cdf(x)
+
+
+def _normal_cdf(x):
+    return 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype))
+
+
+def _gelu_fwd(x):
+    return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    density = jnp.exp(-0.5 * x * x) * jnp.asarray((2 * math.pi) ** -0.5, x.dtype)
+    return (g * (_normal_cdf(x) + x * density),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 _ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
@@ -184,6 +204,48 @@ class Mlp(nnx.Module):
 def at_least_f32(x: jax.Array) -> jax.Array:
     """Upcasts bfloat16/float16 to float32; leaves float32 and float64 alone."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _cpu_barrier(x: jax.Array) -> jax.Array:
+    return jax.lax.platform_dependent(x, cpu=jax.lax.optimization_barrier, default=lambda x: x)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+    """softmax(q @ k^T + bias) @ v over [B, heads, N, hd] (q already scaled), the softmax
+    in at least float32.
+
+    The backward is written out so that the two matmuls that contract over the query axis
+    produce dk^T and dv^T ('bhqd,bhqk->bhdk'): XLA's CPU backend otherwise copies the
+    [Nq, Nk] matrices transposed or runs those matmuls at ~60% of the speed, and fuses the
+    softmax backward into the matmul that feeds it, where its row reductions run several
+    times slower. Gradients equal autodiff's (tested in float64)."""
+    return _attend(q, k, v, bias.astype(q.dtype))
+
+
+@jax.custom_vjp
+def _attend(q, k, v, bias):
+    return _attend_fwd(q, k, v, bias)[0]
+
+
+def _attend_fwd(q, k, v, bias):
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias
+    weights = jax.nn.softmax(at_least_f32(logits), axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bhqd", weights, v), (q, k, v, weights)
+
+
+def _attend_bwd(residuals, g):
+    q, k, v, weights = residuals
+    dweights = _cpu_barrier(jnp.einsum("bhqd,bhkd->bhqk", g, v))
+    p = at_least_f32(weights)
+    dp = at_least_f32(dweights)
+    dlogits = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
+    dq = jnp.einsum("bhqk,bhkd->bhqd", dlogits, k)
+    dk = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", q, dlogits), -1, -2)
+    dv = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", g, weights), -1, -2)
+    return dq, dk, dv, dlogits
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def attention_weights(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:

@@ -287,12 +287,52 @@ def _correlate(padded: jax.Array, w: jax.Array, stride: Triple, out: Sequence[in
     return sum(view * w[(*offset, 0)] for offset, view in views)
 
 
+# Most (batch, time) slices the weight gradient sums term by term in one fused loop.
+_TERMS_PER_SUM = 16
+_MAX_TERMS = 64
+
+
+def _weight_grad(padded: jax.Array, g: jax.Array, kernel: Triple, stride: Triple) -> jax.Array:
+    """dw[offset, c] = sum over (n, t, h, w) of view_offset * g, as [prod(kernel), C].
+
+    The sum over (n, t) is written out term by term on slices, so each offset's products
+    form one elementwise loop over [H, W, C] that reads the input in place; only those
+    small partial sums are materialised and reduced. (A plain ``jnp.sum`` per offset hands
+    the reduction to a library kernel that cannot read strided slices, so XLA first copies
+    all 27 shifted views out: most of the pooling's backward time.)"""
+    n, t, c = g.shape[0], g.shape[1], g.shape[-1]
+    out = g.shape[1:4]
+    if n * t > _MAX_TERMS:  # large CPU batches: fewer ops to compile beats the copies
+        views = _windows(padded, kernel, stride, out)
+        return jnp.stack([jnp.sum(v * g, axis=(0, 1, 2, 3)) for _, v in views])
+    pairs = [(i, j) for i in range(n) for j in range(t)]
+    groups = [pairs[i : i + _TERMS_PER_SUM] for i in range(0, len(pairs), _TERMS_PER_SUM)]
+    hw_limit = [(m - 1) * s + 1 for m, s in zip(out[1:], stride[1:])]
+    partial = []
+    for ot, oh, ow in np.ndindex(*kernel):
+        for group in groups:
+            total = None
+            for i, j in group:
+                start = (i, ot + j * stride[0], oh, ow, 0)
+                limit = (i + 1, start[1] + 1, oh + hw_limit[0], ow + hw_limit[1], c)
+                view = jax.lax.slice(padded, start, limit, (1, 1, *stride[1:], 1))
+                term = view * jax.lax.slice(g, (i, j, 0, 0, 0), (i + 1, j + 1, *out[1:], c))
+                total = term if total is None else total + term
+            partial.append(total)
+    partial = jax.lax.optimization_barrier(jnp.stack(partial))
+    return jnp.sum(partial.reshape(math.prod(kernel), -1, c), axis=1)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _depthwise_shifts(x: jax.Array, w: jax.Array, stride: Triple) -> jax.Array:
     """Depthwise Conv3d (zero padding k//2) for the CPU. Its hand-written backward keeps
     only x for the weight gradient; autodiff of the view sum would keep all 27 views (a
-    27x larger residual that dominated the step's memory traffic)."""
-    return _correlate(_pad_same(x, w.shape[:3], 0.0), w, stride, _pooled_size(x.shape[1:4], stride))
+    27x larger residual that dominated the step's memory traffic). The optimisation
+    barriers keep each view sum one loop: fused into a consumer that is a library kernel
+    (LayerNorm's reductions, a matmul), its strided views would each be copied out."""
+    padded = _pad_same(x, w.shape[:3], 0.0)
+    out = _correlate(padded, w, stride, _pooled_size(x.shape[1:4], stride))
+    return jax.lax.optimization_barrier(out)
 
 
 def _depthwise_shifts_fwd(x, w, stride):
@@ -304,9 +344,7 @@ def _depthwise_shifts_bwd(stride, residuals, g):
     kernel = w.shape[:3]
     padded = _pad_same(x, kernel, 0.0)
     out = g.shape[1:4]
-    dw = jnp.stack(
-        [jnp.sum(v * g, axis=(0, 1, 2, 3)) for _, v in _windows(padded, kernel, stride, out)]
-    )
+    dw = _weight_grad(padded, g, kernel, stride)
     # The transpose of a strided correlation: spread g back onto the stride grid (interior
     # padding), pad by k - 1 and correlate with the flipped kernel at stride 1.
     size = padded.shape[1:4]
@@ -322,28 +360,33 @@ def _depthwise_shifts_bwd(stride, residuals, g):
     dx = jax.lax.slice(
         dpadded, (0, *lo, 0), (x.shape[0], *(a + n for a, n in zip(lo, x.shape[1:4])), x.shape[-1])
     )
-    return dx, dw.reshape(w.shape).astype(w.dtype)
+    return jax.lax.optimization_barrier(dx), dw.reshape(w.shape).astype(w.dtype)
 
 
 _depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)
 
 
 class DepthwisePool(nnx.Module):
-    """Depthwise Conv3d over [B*heads, T, H, W, hd], no bias, explicit zero padding k//2,
-    one filter per channel shared by the heads (PyTorch ``attn.pool_{q,k,v}``).
+    """Depthwise Conv3d, no bias, explicit zero padding k//2, one [kernel, hd] filter
+    shared by the heads (PyTorch ``attn.pool_{q,k,v}``), applied to [B, T, H, W, heads*hd]
+    with head-major channels: the filter is tiled over the heads, so the tokens keep the
+    layout the qkv projection wrote them in (no transpose to [B*heads, ...] and back).
 
     XLA's CPU backend runs grouped convolutions (and their gradients) 10-50x slower than
     the same sum of 27 shifted, strided views, which fuses into a few loops; so the CPU
     computes that sum (with a hand-written backward), accelerators the native convolution."""
 
-    def __init__(self, dim: int, kernel: Triple, stride: Triple, *, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self, dim: int, kernel: Triple, stride: Triple, *, heads: int, dtype, rngs: nnx.Rngs
+    ):
         init = layers.with_axes(layers.weight_init(), (None, None, None, None, None))
         self.kernel = nnx.Param(init(rngs.params(), (*kernel, 1, dim)))
         self.kernel_size, self.stride, self.dtype = tuple(kernel), tuple(stride), dtype
+        self.heads = heads
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = x.astype(self.dtype)
-        w = self.kernel[...].astype(self.dtype)
+        w = jnp.tile(self.kernel[...].astype(self.dtype), (1, 1, 1, 1, self.heads))
 
         def via_conv(x, w):
             return jax.lax.conv_general_dilated(
@@ -418,50 +461,63 @@ class MultiScaleAttention(nnx.Module):
         self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), dtype=dtype, rngs=rngs)
         self.proj = layers.dense(dim, dim, ("heads", "embed"), dtype=dtype, rngs=rngs)
         kernel = block.kernel
-        self.pool_q = DepthwisePool(hd, kernel, block.q_stride, dtype=dtype, rngs=rngs)
-        self.pool_k = DepthwisePool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
-        self.pool_v = DepthwisePool(hd, kernel, block.kv_stride, dtype=dtype, rngs=rngs)
+        heads = block.num_heads
+        self.pool_q = DepthwisePool(hd, kernel, block.q_stride, heads=heads, dtype=dtype, rngs=rngs)
+        self.pool_k = DepthwisePool(
+            hd, kernel, block.kv_stride, heads=heads, dtype=dtype, rngs=rngs
+        )
+        self.pool_v = DepthwisePool(
+            hd, kernel, block.kv_stride, heads=heads, dtype=dtype, rngs=rngs
+        )
         self.norm_q = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
         self.norm_k = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
         self.norm_v = layers.layer_norm(hd, dtype=dtype, rngs=rngs)
 
     @staticmethod
-    def _pool(x: jax.Array, thw: Triple, conv: DepthwisePool, norm: nnx.LayerNorm):
-        """[B, heads, 1+N, hd] -> pooled patch tokens, cls kept, LayerNorm on all tokens."""
-        b, h, _, d = x.shape
-        cls, tokens = x[:, :, :1], x[:, :, 1:]
-        pooled = conv(tokens.reshape(b * h, *thw, d))
+    def _pool(x: jax.Array, thw: Triple, conv: DepthwisePool, norm: nnx.LayerNorm, heads: int):
+        """[B, 1+N, heads*hd] -> [B, 1+N', heads, hd]: patch tokens pooled, cls kept,
+        LayerNorm over each head's channels on all tokens."""
+        b, _, d = x.shape
+        cls, tokens = x[:, :1], x[:, 1:]
+        pooled = conv(tokens.reshape(b, *thw, d))
         new_thw = tuple(pooled.shape[1:4])
-        pooled = pooled.reshape(b, h, -1, d)
-        return norm(jnp.concatenate([cls, pooled], axis=2)), new_thw
+        pooled = jnp.concatenate([cls, pooled.reshape(b, -1, d)], axis=1)
+        return norm(pooled.reshape(b, pooled.shape[1], heads, d // heads)), new_thw
 
     def _rel_pos_bias(self, q: jax.Array, q_thw: Triple, k_thw: Triple) -> jax.Array:
-        """Decomposed relative-position logits [B, heads, 1+Nq, 1+Nk] (zero for cls)."""
-        b, h, _, d = q.shape
+        """Decomposed relative-position logits [B, heads, 1+Nq, 1+Nk] (zero for cls) from
+        the pooled q [B, 1+Nq, heads, hd]."""
+        b, _, h, d = q.shape
         tables = (self.rel_pos_t[...], self.rel_pos_h[...], self.rel_pos_w[...])
         r = [t[relative_index(qs, ks)].astype(q.dtype) for t, qs, ks in zip(tables, q_thw, k_thw)]
-        rq = q[:, :, 1:].reshape(b, h, *q_thw, d)
-        rel_t = jnp.einsum("bntyxc,tkc->bntyxk", rq, r[0])
-        rel_h = jnp.einsum("bntyxc,ykc->bntyxk", rq, r[1])
-        rel_w = jnp.einsum("bntyxc,xkc->bntyxk", rq, r[2])
+        rq = q[:, 1:].reshape(b, *q_thw, h, d)
+        rel_t = jnp.einsum("btyxnc,tkc->bntyxk", rq, r[0])
+        rel_h = jnp.einsum("btyxnc,ykc->bntyxk", rq, r[1])
+        rel_w = jnp.einsum("btyxnc,xkc->bntyxk", rq, r[2])
         bias = (
             rel_t[..., :, None, None] + rel_h[..., None, :, None] + rel_w[..., None, None, :]
         ).reshape(b, h, math.prod(q_thw), math.prod(k_thw))
         return jnp.pad(bias, ((0, 0), (0, 0), (1, 0), (1, 0)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        thw = self.block.input_thw
-        q, k, v = layers.split_heads(self.qkv(x), self.block.num_heads)
-        k, k_thw = self._pool(k, thw, self.pool_k, self.norm_k)
-        v, _ = self._pool(v, thw, self.pool_v, self.norm_v)
-        q, q_thw = self._pool(q, thw, self.pool_q, self.norm_q)
-        logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(self.scale, q.dtype), k)
-        logits = logits + self._rel_pos_bias(q, q_thw, k_thw)
-        weights = jax.nn.softmax(layers.at_least_f32(logits), axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        thw, heads = self.block.input_thw, self.block.num_heads
+        qkv = self.qkv(x)
+        d = qkv.shape[-1] // 3
+        q, k, v = (qkv[..., i * d : (i + 1) * d] for i in range(3))  # channel s*D + h*hd + c
+        k, k_thw = self._pool(k, thw, self.pool_k, self.norm_k, heads)
+        v, _ = self._pool(v, thw, self.pool_v, self.norm_v, heads)
+        q, q_thw = self._pool(q, thw, self.pool_q, self.norm_q, heads)
+        heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [B, heads, N, hd]
+        out = layers.attend(
+            heads_first(q * jnp.asarray(self.scale, q.dtype)),
+            heads_first(k),
+            heads_first(v),
+            self._rel_pos_bias(q, q_thw, k_thw),
+        )
+        out = heads_first(out)
         # Residual pooling: the pooled q is added back to the patch tokens (not cls).
-        out = jnp.concatenate([out[:, :, :1], out[:, :, 1:] + q[:, :, 1:]], axis=2)
-        return self.proj(layers.merge_heads(out))
+        out = jnp.concatenate([out[:, :1], out[:, 1:] + q[:, 1:]], axis=1)
+        return self.proj(out.reshape(*out.shape[:2], d))
 
 
 def _max_pool_skip(x: jax.Array, block: BlockSpec) -> jax.Array:
