@@ -282,6 +282,12 @@ def test_attention_and_gelu_backward_passes_equal_autodiff():
         np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-13)
         for a, b in zip(got[1](g), want[1](g)):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+        # Without a bias (ViT): the same function of q, k, v with bias 0.
+        want = jax.vjp(lambda q, k, v: plain(q, k, v, 0.0), q, k, v)
+        got = jax.vjp(layers.attend, q, k, v)
+        np.testing.assert_allclose(got[0], want[0], rtol=0, atol=1e-13)
+        for a, b in zip(got[1](g), want[1](g)):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
         x = jnp.asarray(rng.standard_normal(1000) * 4)
         ref = torch.nn.functional.gelu(torch.from_numpy(np.asarray(x))).numpy()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 from typing import Any, Sequence
 
@@ -210,30 +211,32 @@ def _cpu_barrier(x: jax.Array) -> jax.Array:
     return jax.lax.platform_dependent(x, cpu=jax.lax.optimization_barrier, default=lambda x: x)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array) -> jax.Array:
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None) -> jax.Array:
     """softmax(q @ k^T + bias) @ v over [B, heads, N, hd] (q already scaled), the softmax
     in at least float32.
 
     The backward is written out so that the two matmuls that contract over the query axis
     produce dk^T and dv^T ('bhqd,bhqk->bhdk'): XLA's CPU backend otherwise copies the
-    [Nq, Nk] matrices transposed or runs those matmuls at ~60% of the speed, and fuses the
+    [Nq, Nk] matrices transposed or runs those matmuls markedly slower, and fuses the
     softmax backward into the matmul that feeds it, where its row reductions run several
     times slower. Gradients equal autodiff's (tested in float64)."""
-    return _attend(q, k, v, bias.astype(q.dtype))
+    if bias is None:
+        return _attend(q, k, v, jnp.zeros((), q.dtype), False)
+    return _attend(q, k, v, bias.astype(q.dtype), True)
 
 
-@jax.custom_vjp
-def _attend(q, k, v, bias):
-    return _attend_fwd(q, k, v, bias)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _attend(q, k, v, bias, with_bias):
+    return _attend_fwd(q, k, v, bias, with_bias)[0]
 
 
-def _attend_fwd(q, k, v, bias):
+def _attend_fwd(q, k, v, bias, with_bias):
     logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) + bias
     weights = jax.nn.softmax(at_least_f32(logits), axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bhkd->bhqd", weights, v), (q, k, v, weights)
 
 
-def _attend_bwd(residuals, g):
+def _attend_bwd(with_bias, residuals, g):
     q, k, v, weights = residuals
     dweights = _cpu_barrier(jnp.einsum("bhqd,bhkd->bhqk", g, v))
     p = at_least_f32(weights)
@@ -242,19 +245,10 @@ def _attend_bwd(residuals, g):
     dq = jnp.einsum("bhqk,bhkd->bhqd", dlogits, k)
     dk = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", q, dlogits), -1, -2)
     dv = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", g, weights), -1, -2)
-    return dq, dk, dv, dlogits
+    return dq, dk, dv, dlogits if with_bias else jnp.zeros((), q.dtype)
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
-
-
-def attention_weights(q: jax.Array, k: jax.Array, scale: float) -> jax.Array:
-    """softmax((q * scale) @ k^T) with the softmax in at least float32.
-
-    q, k: [B, heads, N, head_dim] -> [B, heads, Nq, Nk].
-    """
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q * jnp.asarray(scale, q.dtype), k)
-    return jax.nn.softmax(at_least_f32(logits), axis=-1)
 
 
 def split_heads(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array, jax.Array]:

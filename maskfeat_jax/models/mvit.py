@@ -328,8 +328,8 @@ def _depthwise_shifts(x: jax.Array, w: jax.Array, stride: Triple) -> jax.Array:
     """Depthwise Conv3d (zero padding k//2) for the CPU. Its hand-written backward keeps
     only x for the weight gradient; autodiff of the view sum would keep all 27 views (a
     27x larger residual that dominated the step's memory traffic). The optimisation
-    barriers keep each view sum one loop: fused into a consumer that is a library kernel
-    (LayerNorm's reductions, a matmul), its strided views would each be copied out."""
+    barrier keeps the view sum one loop: fused into the pooled LayerNorm, whose reductions
+    go to a library kernel, its 27 strided views were each copied out first."""
     padded = _pad_same(x, w.shape[:3], 0.0)
     out = _correlate(padded, w, stride, _pooled_size(x.shape[1:4], stride))
     return jax.lax.optimization_barrier(out)
@@ -360,7 +360,7 @@ def _depthwise_shifts_bwd(stride, residuals, g):
     dx = jax.lax.slice(
         dpadded, (0, *lo, 0), (x.shape[0], *(a + n for a, n in zip(lo, x.shape[1:4])), x.shape[-1])
     )
-    return jax.lax.optimization_barrier(dx), dw.reshape(w.shape).astype(w.dtype)
+    return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
 _depthwise_shifts.defvjp(_depthwise_shifts_fwd, _depthwise_shifts_bwd)

@@ -179,8 +179,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = layers.split_heads(self.qkv(x), self.num_heads)
-        weights = layers.attention_weights(q, k, self.scale).astype(v.dtype)
-        out = jnp.einsum("bhqk,bhkd->bhqd", weights, v)
+        out = layers.attend(q * jnp.asarray(self.scale, q.dtype), k, v)
         return self.proj(layers.merge_heads(out))
 
 
