@@ -22,6 +22,10 @@ our step time by ~45% (PyTorch's by ~15%). Both sides share the allocator of the
 
 (Debian package libgoogle-perftools4; TPU VM setups preload tcmalloc the same way.)
 
+``--blocks`` also times each block on its own (same weights, its input shape, forward and
+backward of ``mean(block output ** 2)`` with respect to the block's parameters and its input)
+and the model's matmul shapes (x @ W, g @ W^T and x^T @ g of every Linear), ours vs PyTorch.
+
 ``--parity`` (on by default) first checks one full-size clip: last-block tokens of the
 pretraining form and mean-pooled logits of the fine-tuning form (400 classes, block-14 q
 stride restored), max |ours - torchvision| in float32 and float64.
@@ -30,6 +34,7 @@ stride restored), max |ours - torchvision| in float32 and float64.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -166,6 +171,95 @@ def measure_train(
     }
 
 
+def _interleaved(fns: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each callable, repeats interleaved, after one untimed call each."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def measure_blocks(batch: int = 2, frames: int = 16, size: int = 224, repeats: int = 3) -> list:
+    """Per block: median seconds of forward+backward, ours vs torchvision."""
+    spec = mvit.make_spec("MViTv2-S", num_frames=frames, image_size=size)
+    tv = ref.torchvision_mvit(spec)
+    ours, _ = ref.jax_mvit_from_torchvision(tv, spec, jnp.float32)
+    torch.set_num_threads(cpu_threads())
+    rng = np.random.default_rng(0)
+    rows, seen = [], {}
+    for i, b in enumerate(spec.blocks()):
+        key = (b.dim, b.dim_out, b.num_heads, b.q_stride, b.kv_stride, b.input_thw)
+        if key in seen:  # same shapes and kernels as an earlier block: same speed
+            rows.append(dict(seen[key], block=i))
+            continue
+        x = rng.normal(size=(batch, 1 + math.prod(b.input_thw), b.dim)).astype(np.float32)
+        graphdef, params, rest = nnx.split(ours.blocks[i], nnx.Param, ...)
+
+        def loss(p, x):
+            return jnp.mean(nnx.merge(graphdef, p, rest)(x) ** 2)
+
+        xj = jnp.asarray(x)
+        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1))).lower(params, xj).compile()
+        block, xt = tv.blocks[i], torch.from_numpy(x).requires_grad_(True)
+
+        def run_torch(block=block, xt=xt, thw=b.input_thw):
+            block.zero_grad(set_to_none=True)
+            xt.grad = None
+            block(xt, thw)[0].pow(2).mean().backward()
+
+        t = _interleaved(
+            {"jax": lambda: jax.block_until_ready(step(params, xj)), "torch": run_torch}, repeats
+        )
+        seen[key] = dict(
+            block=i, dim=b.dim, heads=b.num_heads, thw=b.input_thw, q_stride=b.q_stride,
+            jax_s=t["jax"], torch_s=t["torch"], ratio=t["torch"] / t["jax"],
+        )  # fmt: skip
+        rows.append(seen[key])
+    return rows
+
+
+def measure_matmuls(batch: int = 2, frames: int = 16, size: int = 224, repeats: int = 5) -> list:
+    """GFLOP/s of the Linear layers' three matmul shapes per distinct (tokens, in, out)."""
+    spec = mvit.make_spec("MViTv2-S", num_frames=frames, image_size=size)
+    torch.set_num_threads(cpu_threads())
+    shapes = set()
+    for b in spec.blocks():
+        m = batch * math.prod(b.input_thw)
+        m_out = batch * math.prod(b.output_thw)
+        shapes |= {(m, b.dim, 3 * b.dim), (m_out, b.dim, int(b.dim * spec.mlp_ratio))}
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, i, o in sorted(shapes, reverse=True):
+        x, w, g = (rng.random(s, dtype=np.float32) for s in ((m, i), (i, o), (m, o)))
+        forms = {
+            "x @ W": (lambda a, b: a @ b, x, w),
+            "g @ W^T": (lambda a, b: a @ b.T, g, w),
+            "x^T @ g": (lambda a, b: a.T @ b, x, g),
+        }
+        for form, (fn, a, b) in forms.items():
+            aj, bj = jnp.asarray(a), jnp.asarray(b)
+            compiled = jax.jit(fn).lower(aj, bj).compile()
+            at, bt = torch.from_numpy(a), torch.from_numpy(b)
+            t = _interleaved(
+                {
+                    "jax": lambda: jax.block_until_ready(compiled(aj, bj)),
+                    "torch": lambda: fn(at, bt),
+                },
+                repeats,
+            )
+            flops = 2 * m * i * o
+            rows.append(
+                dict(shape=(m, i, o), form=form, jax_gflops=flops / t["jax"] / 1e9,
+                     torch_gflops=flops / t["torch"] / 1e9)
+            )  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -174,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats per side")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per side")
     parser.add_argument("--no-parity", action="store_true", help="skip the full-size check")
+    parser.add_argument(
+        "--blocks", action="store_true", help="also time each block and the matmul shapes"
+    )
     parser.add_argument("--out", help="write the results as JSON to this path")
     args = parser.parse_args(argv)
     result: dict = {}
@@ -204,6 +301,22 @@ def main(argv: list[str] | None = None) -> dict:
         f"(compile {r['jax_compile_s']:.0f} s once; loss ours {r['loss_jax']:.6f} vs "
         f"torchvision {r['loss_torch']:.6f})"
     )
+    if args.blocks:
+        result["blocks"] = measure_blocks(args.batch, args.frames, args.size)
+        print("Per block, forward+backward, 3 interleaved repeats, medians (ms):")
+        for b in result["blocks"]:
+            print(
+                f"  block {b['block']:2d} dim {b['dim']:3d} heads {b['heads']} "
+                f"thw {b['thw']} q stride {b['q_stride']}: ours {1e3 * b['jax_s']:7.1f}  "
+                f"torchvision {1e3 * b['torch_s']:7.1f}  ratio {b['ratio']:.2f}x"
+            )
+        result["matmuls"] = measure_matmuls(args.batch, args.frames, args.size)
+        print("Linear-layer matmul shapes (tokens x in x out), GFLOP/s, 5 repeats, medians:")
+        for m in result["matmuls"]:
+            print(
+                f"  {str(m['shape']):<20} {m['form']:<8} ours {m['jax_gflops']:5.0f}  "
+                f"PyTorch {m['torch_gflops']:5.0f}"
+            )
     write_json(args.out, result)
     return result
 
