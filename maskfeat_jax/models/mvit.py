@@ -265,25 +265,46 @@ def _check_spec(spec: MViTSpec) -> None:
             raise errors.ConfigError(f"block dim {b.dim} is not divisible by {b.num_heads} heads.")
 
 
-def _windows(padded: jax.Array, kernel: Triple, stride: Triple, out: Sequence[int]):
-    """For each kernel offset: the strided view [N, *out, C] of an already padded
-    [N, T, H, W, C] array that the window element at that offset sees."""
-    n, c = padded.shape[0], padded.shape[-1]
-    for offset in np.ndindex(*kernel):
-        end = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out, stride)]
-        yield offset, jax.lax.slice(padded, (0, *offset, 0), (n, *end, c), (1, *stride, 1))
-
-
 def _pad_same(x: jax.Array, kernel: Triple, fill: float) -> jax.Array:
     return jnp.pad(
         x, [(0, 0)] + [(k // 2, k // 2) for k in kernel] + [(0, 0)], constant_values=fill
     )
 
 
+def _unpad_same(padded: jax.Array, kernel: Triple) -> jax.Array:
+    lo = [k // 2 for k in kernel]
+    hi = [n - a for n, a in zip(padded.shape[1:4], lo)]
+    return padded[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+
+
+def _spread(terms: Sequence[tuple[Triple, jax.Array]], size: Triple, stride: Triple):
+    """The transpose of ``strided_windows``: sums each (offset, [N, *out, C]) term onto a
+    [N, *size, C] grid at positions offset + m * stride. Polyphase: offset o lands on the
+    phase sub-grid o % stride, shifted by o // stride, so every term is a plain shift (no
+    interior padding, no work on the zeros between strided positions); the phases are
+    then interleaved."""
+    n, c = terms[0][1].shape[0], terms[0][1].shape[-1]
+    out = terms[0][1].shape[1:4]
+    phase_size = [-(-m // s) for m, s in zip(size, stride)]
+    phases: dict[Triple, jax.Array] = {}
+    for offset, term in terms:
+        phase = tuple(o % s for o, s in zip(offset, stride))
+        shift = [o // s for o, s in zip(offset, stride)]
+        placed = jnp.pad(
+            term, [(0, 0)] + [(a, p - m - a) for a, p, m in zip(shift, phase_size, out)] + [(0, 0)]
+        )
+        phases[phase] = placed + phases[phase] if phase in phases else placed
+    zeros = jnp.zeros((n, *phase_size, c), terms[0][1].dtype)
+    grid = jnp.stack([phases.get(p, zeros) for p in np.ndindex(*stride)])
+    grid = grid.reshape(*stride, n, *phase_size, c).transpose(3, 4, 0, 5, 1, 6, 2, 7)
+    grid = grid.reshape(n, *(p * s for p, s in zip(phase_size, stride)), c)
+    return grid[:, : size[0], : size[1], : size[2]]
+
+
 def _correlate(padded: jax.Array, w: jax.Array, stride: Triple, out: Sequence[int]) -> jax.Array:
     """Depthwise cross-correlation as a sum of shifted, strided views times per-channel
     weights (w [kt, kh, kw, 1, C])."""
-    views = _windows(padded, w.shape[:3], stride, out)
+    views = layers.strided_windows(padded, w.shape[:3], stride, out)
     return sum(view * w[(*offset, 0)] for offset, view in views)
 
 
@@ -303,7 +324,7 @@ def _weight_grad(padded: jax.Array, g: jax.Array, kernel: Triple, stride: Triple
     n, t, c = g.shape[0], g.shape[1], g.shape[-1]
     out = g.shape[1:4]
     if n * t > _MAX_TERMS:  # large CPU batches: fewer ops to compile beats the copies
-        views = _windows(padded, kernel, stride, out)
+        views = layers.strided_windows(padded, kernel, stride, out)
         return jnp.stack([jnp.sum(v * g, axis=(0, 1, 2, 3)) for _, v in views])
     pairs = [(i, j) for i in range(n) for j in range(t)]
     groups = [pairs[i : i + _TERMS_PER_SUM] for i in range(0, len(pairs), _TERMS_PER_SUM)]
@@ -319,7 +340,7 @@ def _weight_grad(padded: jax.Array, g: jax.Array, kernel: Triple, stride: Triple
                 term = view * jax.lax.slice(g, (i, j, 0, 0, 0), (i + 1, j + 1, *out[1:], c))
                 total = term if total is None else total + term
             partial.append(total)
-    partial = jax.lax.optimization_barrier(jnp.stack(partial))
+    partial = jnp.stack(partial)
     return jnp.sum(partial.reshape(math.prod(kernel), -1, c), axis=1)
 
 
@@ -327,12 +348,9 @@ def _weight_grad(padded: jax.Array, g: jax.Array, kernel: Triple, stride: Triple
 def _depthwise_shifts(x: jax.Array, w: jax.Array, stride: Triple) -> jax.Array:
     """Depthwise Conv3d (zero padding k//2) for the CPU. Its hand-written backward keeps
     only x for the weight gradient; autodiff of the view sum would keep all 27 views (a
-    27x larger residual that dominated the step's memory traffic). The optimisation
-    barrier keeps the view sum one loop: fused into the pooled LayerNorm, whose reductions
-    go to a library kernel, its 27 strided views were each copied out first."""
+    27x larger residual that dominated the step's memory traffic)."""
     padded = _pad_same(x, w.shape[:3], 0.0)
-    out = _correlate(padded, w, stride, _pooled_size(x.shape[1:4], stride))
-    return jax.lax.optimization_barrier(out)
+    return _correlate(padded, w, stride, _pooled_size(x.shape[1:4], stride))
 
 
 def _depthwise_shifts_fwd(x, w, stride):
@@ -343,23 +361,14 @@ def _depthwise_shifts_bwd(stride, residuals, g):
     x, w = residuals
     kernel = w.shape[:3]
     padded = _pad_same(x, kernel, 0.0)
-    out = g.shape[1:4]
     dw = _weight_grad(padded, g, kernel, stride)
-    # The transpose of a strided correlation: spread g back onto the stride grid (interior
-    # padding), pad by k - 1 and correlate with the flipped kernel at stride 1.
     size = padded.shape[1:4]
-    spread = jax.lax.pad(
-        g,
-        jnp.zeros((), g.dtype),
-        [(0, 0, 0)]
-        + [(k - 1, n - (m - 1) * s - 1, s - 1) for k, n, m, s in zip(kernel, size, out, stride)]
-        + [(0, 0, 0)],
-    )
-    dpadded = _correlate(spread, w[::-1, ::-1, ::-1], (1, 1, 1), size)
-    lo = [k // 2 for k in kernel]
-    dx = jax.lax.slice(
-        dpadded, (0, *lo, 0), (x.shape[0], *(a + n for a, n in zip(lo, x.shape[1:4])), x.shape[-1])
-    )
+    if any(s > 1 for s in stride):  # the transpose of a strided correlation
+        dpadded = _spread([(o, g * w[(*o, 0)]) for o in np.ndindex(*kernel)], size, stride)
+    else:  # at stride 1, a correlation of the padded g with the flipped kernel
+        spread = jnp.pad(g, [(0, 0)] + [(k - 1, k - 1) for k in kernel] + [(0, 0)])
+        dpadded = _correlate(spread, w[::-1, ::-1, ::-1], (1, 1, 1), size)
+    dx = _unpad_same(dpadded, kernel)
     return dx, dw.reshape(w.shape).astype(w.dtype)
 
 
@@ -478,62 +487,122 @@ class MultiScaleAttention(nnx.Module):
         """[B, 1+N, heads*hd] -> [B, 1+N', heads, hd]: patch tokens pooled, cls kept,
         LayerNorm over each head's channels on all tokens."""
         b, _, d = x.shape
-        cls, tokens = x[:, :1], x[:, 1:]
+        cls, tokens = jnp.split(x, [1], axis=1)  # split: its gradient is one concatenate
         pooled = conv(tokens.reshape(b, *thw, d))
         new_thw = tuple(pooled.shape[1:4])
         pooled = jnp.concatenate([cls, pooled.reshape(b, -1, d)], axis=1)
         return norm(pooled.reshape(b, pooled.shape[1], heads, d // heads)), new_thw
 
-    def _rel_pos_bias(self, q: jax.Array, q_thw: Triple, k_thw: Triple) -> jax.Array:
-        """Decomposed relative-position logits [B, heads, 1+Nq, 1+Nk] (zero for cls) from
-        the pooled q [B, 1+Nq, heads, hd]."""
+    def _rel_pos_terms(self, q: jax.Array, q_thw: Triple, k_thw: Triple) -> jax.Array:
+        """Decomposed relative-position terms [B, 1+Nq, heads, Kt+Kh+Kw] (zero for cls) from
+        the unscaled pooled q [B, 1+Nq, heads, hd]: the logit bias of query (t, y, x) for key
+        (kt, ky, kx) is the sum of the entries at kt, Kt+ky and Kt+Kh+kx."""
         b, _, h, d = q.shape
         tables = (self.rel_pos_t[...], self.rel_pos_h[...], self.rel_pos_w[...])
         r = [t[relative_index(qs, ks)].astype(q.dtype) for t, qs, ks in zip(tables, q_thw, k_thw)]
-        rq = q[:, 1:].reshape(b, *q_thw, h, d)
-        rel_t = jnp.einsum("btyxnc,tkc->bntyxk", rq, r[0])
-        rel_h = jnp.einsum("btyxnc,ykc->bntyxk", rq, r[1])
-        rel_w = jnp.einsum("btyxnc,xkc->bntyxk", rq, r[2])
-        bias = (
-            rel_t[..., :, None, None] + rel_h[..., None, :, None] + rel_w[..., None, None, :]
-        ).reshape(b, h, math.prod(q_thw), math.prod(k_thw))
-        return jnp.pad(bias, ((0, 0), (0, 0), (1, 0), (1, 0)))
+        rq = jnp.split(q, [1], axis=1)[1].reshape(b, *q_thw, h, d)
+        terms = [
+            jnp.einsum("btyxnc,tkc->btyxnk", rq, r[0]),
+            jnp.einsum("btyxnc,ykc->btyxnk", rq, r[1]),
+            jnp.einsum("btyxnc,xkc->btyxnk", rq, r[2]),
+        ]
+        terms = jnp.concatenate(terms, axis=-1).reshape(b, -1, h, sum(k_thw))
+        return jnp.pad(terms, ((0, 0), (1, 0), (0, 0), (0, 0)))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         thw, heads = self.block.input_thw, self.block.num_heads
         qkv = self.qkv(x)
         d = qkv.shape[-1] // 3
-        q, k, v = (qkv[..., i * d : (i + 1) * d] for i in range(3))  # channel s*D + h*hd + c
+        # channel s*D + h*hd + c; split's gradient is one concatenate (slices' would be pads+adds)
+        q, k, v = jnp.split(qkv, 3, axis=-1)
         k, k_thw = self._pool(k, thw, self.pool_k, self.norm_k, heads)
         v, _ = self._pool(v, thw, self.pool_v, self.norm_v, heads)
         q, q_thw = self._pool(q, thw, self.pool_q, self.norm_q, heads)
-        heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [B, heads, N, hd]
-        out = layers.attend(
-            heads_first(q * jnp.asarray(self.scale, q.dtype)),
-            heads_first(k),
-            heads_first(v),
-            self._rel_pos_bias(q, q_thw, k_thw),
+        # The relative-position bias rides in the logits matmul: q gains the per-axis terms,
+        # k the one-hot of its (t, y, x), so q'.k' = scale q.k + bias and the [Nq, Nk] bias
+        # (and its gradient, three reductions over the attention matrix) never exists.
+        positions = jnp.asarray(key_position_onehot(k_thw), k.dtype)[None, :, None, :]
+        q_ext = jnp.concatenate(
+            [q * jnp.asarray(self.scale, q.dtype), self._rel_pos_terms(q, q_thw, k_thw)], -1
         )
+        k_ext = jnp.concatenate(
+            [k, jnp.broadcast_to(positions, (*k.shape[:3], positions.shape[-1]))], -1
+        )
+        heads_first = functools.partial(jnp.swapaxes, axis1=1, axis2=2)  # [B, heads, N, hd]
+        out = layers.attend(heads_first(q_ext), heads_first(k_ext), heads_first(v))
         out = heads_first(out)
         # Residual pooling: the pooled q is added back to the patch tokens (not cls).
-        out = jnp.concatenate([out[:, :1], out[:, 1:] + q[:, 1:]], axis=1)
+        patches_only = jnp.asarray(np.arange(q.shape[1]) > 0, q.dtype)[None, :, None, None]
+        out = out + q * patches_only
         return self.proj(out.reshape(*out.shape[:2], d))
+
+
+def key_position_onehot(thw: Triple) -> np.ndarray:
+    """[1+N, T+H+W]: row 1+i holds ones at t, T+y and T+H+x of token i's (t, y, x);
+    the cls row is zero (cls gets no relative-position bias)."""
+    t, y, x = np.unravel_index(np.arange(math.prod(thw)), thw)
+    onehot = np.zeros((1 + len(t), sum(thw)), np.float32)
+    rows = np.arange(1, 1 + len(t))
+    for column in (t, thw[0] + y, thw[0] + thw[1] + x):
+        onehot[rows, column] = 1.0
+    return onehot
 
 
 def _max_pool_skip(x: jax.Array, block: BlockSpec) -> jax.Array:
     """Max-pools the patch tokens of the residual stream ([B, 1+N, C]); -inf padding."""
     b, _, c = x.shape
-    tokens = x[:, 1:].reshape(b, *block.input_thw, c)
-    kernel = block.skip_kernel
-    pooled = jax.lax.reduce_window(
-        tokens,
-        -jnp.inf,  # a literal init value makes this the differentiable max-pool primitive
-        jax.lax.max,
-        (1, *kernel, 1),
-        (1, *block.q_stride, 1),
-        [(0, 0)] + [(k // 2, k // 2) for k in kernel] + [(0, 0)],
-    )
-    return jnp.concatenate([x[:, :1], pooled.reshape(b, -1, c)], axis=1)
+    cls, tokens = jnp.split(x, [1], axis=1)
+    tokens = tokens.reshape(b, *block.input_thw, c)
+    kernel, stride = block.skip_kernel, block.q_stride
+
+    def via_reduce_window(tokens):
+        return jax.lax.reduce_window(
+            tokens,
+            -jnp.inf,  # a literal init value makes this the differentiable max-pool primitive
+            jax.lax.max,
+            (1, *kernel, 1),
+            (1, *stride, 1),
+            [(0, 0)] + [(k // 2, k // 2) for k in kernel] + [(0, 0)],
+        )
+
+    def via_shifts(tokens):
+        return _max_pool_shifts(tokens, kernel, stride)
+
+    pooled = jax.lax.platform_dependent(tokens, cpu=via_shifts, default=via_reduce_window)
+    return jnp.concatenate([cls, pooled.reshape(b, -1, c)], axis=1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_shifts(x: jax.Array, kernel: Triple, stride: Triple) -> jax.Array:
+    """Max pooling (padding k//2 with -inf) for the CPU as the maximum of shifted, strided
+    views: one fused loop, where XLA's CPU reduce-window and its gradient (which builds
+    index arrays) ran ~3.5x slower than PyTorch's pooling."""
+    padded = _pad_same(x, kernel, -jnp.inf)
+    views = layers.strided_windows(padded, kernel, stride, _pooled_size(x.shape[1:4], stride))
+    return functools.reduce(jnp.maximum, (view for _, view in views))
+
+
+def _max_pool_shifts_fwd(x, kernel, stride):
+    out = _max_pool_shifts(x, kernel, stride)
+    return out, (x, out)
+
+
+def _max_pool_shifts_bwd(kernel, stride, residuals, g):
+    """Each window's gradient goes to its first maximum in scan order (as PyTorch's)."""
+    x, out = residuals
+    padded = _pad_same(x, kernel, -jnp.inf)
+    offsets, views = zip(*layers.strided_windows(padded, kernel, stride, out.shape[1:4]))
+    first = jnp.zeros(out.shape, jnp.int8)
+    for i in reversed(range(len(views))):
+        first = jnp.where(views[i] == out, jnp.int8(i), first)
+    # computed once, not re-derived by the spread below for every window element it reads
+    first = layers.materialize(first)
+    zero = jnp.zeros((), g.dtype)
+    contributions = [(o, jnp.where(first == i, g, zero)) for i, o in enumerate(offsets)]
+    return (_unpad_same(_spread(contributions, padded.shape[1:4], stride), kernel),)
+
+
+_max_pool_shifts.defvjp(_max_pool_shifts_fwd, _max_pool_shifts_bwd)
 
 
 class MultiScaleBlock(nnx.Module):
@@ -579,7 +648,7 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.proj(x)
+        y = layers.patch_conv(self.proj, x)
         return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
@@ -635,7 +704,9 @@ class MViT(layers.MaskFeatModel):
         h = self.embed(x, mask)
 
         def apply_block(block: MultiScaleBlock, y: jax.Array, rate, k) -> jax.Array:
-            return layers.shard_batch(block(y, rate, k))
+            # the residual stream's gradient is computed once per block, not re-derived by
+            # each of its consumers in every block below
+            return layers.shard_batch(block(layers.materialize_gradient(y), rate, k))
 
         if self.remat:
             apply_block = nnx.remat(apply_block, static_argnums=(2,))

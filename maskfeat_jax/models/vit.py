@@ -155,7 +155,7 @@ class PatchEmbed(nnx.Module):
             spec.width,
             kernel_size=kernel,
             strides=kernel,
-            padding="VALID",
+            padding=[(0, 0)] * len(kernel),
             kernel_init=layers.with_axes(
                 layers.weight_init(), (None,) * (len(kernel) + 1) + ("embed",)
             ),
@@ -166,7 +166,7 @@ class PatchEmbed(nnx.Module):
         )
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = self.proj(x)
+        y = layers.patch_conv(self.proj, x)
         return y.reshape(y.shape[0], -1, y.shape[-1])
 
 
@@ -259,7 +259,8 @@ class ViT(layers.MaskFeatModel):
         h = self.embed(x, mask)
 
         def apply_block(block: Block, y: jax.Array, rate, k) -> jax.Array:
-            return layers.shard_batch(block(y, rate, k))
+            # the residual stream's gradient is computed once per block (see MViT.encode)
+            return layers.shard_batch(block(layers.materialize_gradient(y), rate, k))
 
         if self.remat:  # a per-layer rate is a Python float unless the blocks are scanned
             apply_block = nnx.remat(apply_block, static_argnums=() if self.scan else (2,))
