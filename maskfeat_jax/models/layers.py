@@ -111,27 +111,17 @@ def patch_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """``conv(x)`` for a patch-embedding convolution (explicit padding, no dilation or
     groups). XLA's CPU convolution runs these 3-channel, large-kernel shapes several times
     slower than extracting the patches and doing one matmul, so the CPU does that;
-    accelerators run the native convolution."""
+    accelerators run the convolution itself."""
     padding = [tuple(p) for p in conv.padding]
-    w = conv.kernel[...].astype(conv.dtype)
-    x = x.astype(conv.dtype)
 
-    def native(x, w):
-        return jax.lax.conv_general_dilated(
-            x, w, conv.strides, padding, dimension_numbers=conv_dimension_numbers(x.ndim)
-        )
-
-    def as_matmul(x, w):
+    def as_matmul(x):
+        x = x.astype(conv.dtype)
+        w = conv.kernel[...].astype(conv.dtype)
         patches = _patches(x, conv.kernel_size, conv.strides, padding)
-        return _project_keeping_input(patches, w.reshape(-1, w.shape[-1]))
+        y = _project_keeping_input(patches, w.reshape(-1, w.shape[-1]))
+        return y + conv.bias[...].astype(conv.dtype) if conv.bias is not None else y
 
-    y = jax.lax.platform_dependent(x, w, cpu=as_matmul, default=native)
-    return y + conv.bias[...].astype(conv.dtype) if conv.bias is not None else y
-
-
-def conv_dimension_numbers(ndim: int) -> tuple[str, str, str]:
-    spatial = "DHW"[3 - (ndim - 2) :]
-    return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
+    return jax.lax.platform_dependent(x, cpu=as_matmul, default=conv)
 
 
 def dense(
