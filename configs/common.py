@@ -1,6 +1,7 @@
 """Pieces shared by the experiment configs: the pretraining recipe and the sharding presets."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,10 +44,12 @@ def pretrain_config() -> ml_collections.ConfigDict:
             variant="B/16",
             image_size=224,
             num_frames=1,
-            width=None,
-            depth=None,
-            num_heads=None,
-            mlp_dim=None,  # override the variant's table
+            # Unset (None) keeps the variant's table; each has a type so that
+            # --config.model.width=... parses.
+            width=placeholder(int),
+            depth=placeholder(int),
+            num_heads=placeholder(int),
+            mlp_dim=placeholder(int),
             num_classes=0,
             dtype="float32",
             scan=False,
@@ -59,17 +62,17 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.target = "hog"
     c.norm_pixel_target = True
     # HOG target: 9 bins, 8x8 cells, no Gaussian window (official); 16 = mmpretrain's variant.
-    c.hog = ml_collections.ConfigDict(dict(nbins=9, cell_size=8, gaussian_window=0))
+    c.hog = ml_collections.ConfigDict(dict(nbins=9, cell_size=8, gaussian_window=0, input="pixels"))
 
     # Block-wise masking on the 14x14 token grid: 40% = 78 tokens, blocks of >= 15.
     c.mask = ml_collections.ConfigDict(
         dict(
             kind="block",
-            grid=None,
+            grid=placeholder(tuple),  # None: the model's token grid
             ratio=0.4,
             min_aspect=0.3,
-            min_patches=None,
-            max_patches=None,
+            min_patches=placeholder(int),  # None: the reference's num_mask // 5
+            max_patches=placeholder(int),  # None: num_mask
             exact=False,
         )
     )
@@ -77,7 +80,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
     c.input = ml_collections.ConfigDict(
         dict(
             dataset="imagenet2012",
-            data_dir=None,
+            data_dir=placeholder(str),
             split="train",
             examples_per_epoch=1_281_167,
             batch_size=2048,  # global; the reference runs 8 nodes x 256
@@ -100,7 +103,7 @@ def pretrain_config() -> ml_collections.ConfigDict:
             warmup_start_lr=1e-6,
             end_lr=1e-6,
             lr_batch_reference=256,
-            warmup_epochs=30,
+            warmup_epochs=30.0,
             warmup_steps=0,
             b1=0.9,
             b2=0.999,
@@ -146,10 +149,11 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
             variant="MViTv2-S",
             image_size=224,
             num_frames=16,
-            embed_dim=None,
-            num_heads=None,
-            depth=None,
-            stage_starts=None,  # override the variant's table
+            # Unset (None) keeps the variant's table.
+            embed_dim=placeholder(int),
+            num_heads=placeholder(int),
+            depth=placeholder(int),
+            stage_starts=placeholder(tuple),
             num_classes=0,
             dtype="float32",
             remat=False,
@@ -161,8 +165,8 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
             grid=(8, 7, 7),
             ratio=0.4,
             min_aspect=0.3,
-            min_patches=None,
-            max_patches=None,
+            min_patches=placeholder(int),
+            max_patches=placeholder(int),
         )
     )
     c.input.update(
@@ -174,7 +178,7 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
         frame_stride=4,  # 16 frames x stride 4 of a 30 fps timeline
         target_fps=30.0,
         short_side=320,  # the reference trains on videos scaled to a 320 px short side
-        min_frames=None,  # shorter videos are skipped (None: num_frames)
+        min_frames=placeholder(int),  # shorter videos are skipped (None: num_frames)
     )
     c.optim.update(base_lr=1e-4, lr_batch_reference=32, warmup_epochs=10)
     return c
@@ -225,8 +229,8 @@ def _finetune_parts(c: ml_collections.ConfigDict, num_classes: int) -> ml_collec
             split="validation",
             batch_size=256,
             every_steps=0,  # or every_epochs; both 0: at the end only
-            every_epochs=0,
-            resize_size=None,  # images: image_size / 0.875 (256 for 224), bicubic
+            every_epochs=0.0,
+            resize_size=placeholder(int),  # images; None: image_size / 0.875 (256), bicubic
             short_side=256,  # video: frames scaled to this, then crops of image_size
             num_clips=10,
             num_crops=1,
