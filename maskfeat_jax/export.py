@@ -19,7 +19,9 @@ directory or one step directory) and the config recorded with it, and writes a
                block settings.
 
 It prints the arguments that build the PyTorch model, and what has no place in the target.
-``strict=True`` loading is the check that names and shapes agree.
+``strict=True`` loading is the check that names and shapes agree. A naming without a model
+like this one (timm for video models, torchvision for ViTs) ends with one line naming those
+that have one.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from maskfeat_jax import torch_names
+from maskfeat_jax.errors import ConfigError
 from maskfeat_jax.models import transfer
 
 # timm entry points for our standard ViT sizes (others are built from vit_base's with overrides).
@@ -44,10 +47,32 @@ _TIMM_NAMES = {
 }
 
 
+# The namings that have a model like ours, by kind of model.
+_NAMINGS = {
+    "image ViT": ("timm", "slowfast"),
+    "video ViT": ("slowfast",),
+    "MViTv2": ("slowfast", "torchvision"),
+}
+
+
 def family_of(spec) -> str:
     from maskfeat_jax.models import mvit
 
     return "mvit" if isinstance(spec, mvit.MViTSpec) else "vit"
+
+
+def model_kind(spec) -> str:
+    if family_of(spec) == "mvit":
+        return "MViTv2"
+    return "video ViT" if spec.is_video else "image ViT"
+
+
+def check_naming(target: str, spec) -> None:
+    """One line naming the namings to use when ``target`` has no model like this one."""
+    kind = model_kind(spec)
+    if target not in _NAMINGS[kind]:
+        options = " or ".join(f"--naming {n}" for n in _NAMINGS[kind])
+        raise ConfigError(f"{target} has no {kind} like this one; use {options}.")
 
 
 @dataclasses.dataclass
@@ -63,10 +88,9 @@ class Export:
 def export_params(flat: Mapping[str, Any], spec, target: str) -> Export:
     """Our flat params (``torch_names.flat_params``) of a model with ``spec`` -> the
     tensors of ``target`` ('timm', 'slowfast' or 'torchvision')."""
+    check_naming(target, spec)
     family = family_of(spec)
     pretrain = not spec.num_classes
-    if target == "timm" and spec.is_video:
-        raise ValueError("timm has no video ViT; export video models with --naming slowfast.")
     naming = torch_names.naming_for(target, family, pretrain)
     tensors, left = torch_names.to_torch(transfer.unstack_blocks(flat), naming)
     for buffer in torch_names.buffers_for(naming, pretrain):
@@ -216,18 +240,30 @@ def _atomic_write(path: str, write) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
-def spec_of_checkpoint(config, flat: Mapping[str, Any]):
-    """The model spec the checkpoint's config describes, checked against the saved shapes."""
+def model_for_config(config, rngs):
+    """The model ``config.model`` describes. Only a pretraining config has a prediction head
+    sized by its target; fine-tuning configs have no ``hog``/``target`` to size one."""
+    from maskfeat_jax import finetune, models, train
+
+    if finetune.is_classification(config):
+        return models.build_model(config.model, rngs)
+    patch = models.model_spec(config.model).patch_size
+    return models.build_model(config.model, rngs, target_dim=train.target_dim(config, patch))
+
+
+def abstract_params(config) -> tuple[Any, dict[str, Any]]:
+    """(spec, flat ``jax.ShapeDtypeStruct`` params) of the model ``config`` describes, without
+    allocating it (full-size ViT-L or MViTv2-L included)."""
     from flax import nnx
 
-    from maskfeat_jax import models, train
+    abstract = nnx.eval_shape(lambda: model_for_config(config, nnx.Rngs(0)))
+    return abstract.spec, torch_names.flat_params(abstract)
 
-    patch = models.model_spec(config.model).patch_size
-    target_dim = train.target_dim(config, patch)
-    abstract = nnx.eval_shape(
-        lambda: models.build_model(config.model, nnx.Rngs(0), target_dim=target_dim)
-    )
-    want = {k: tuple(v.shape) for k, v in torch_names.flat_params(abstract).items()}
+
+def spec_of_checkpoint(config, flat: Mapping[str, Any]):
+    """The model spec the checkpoint's config describes, checked against the saved shapes."""
+    spec, abstract = abstract_params(config)
+    want = {k: tuple(v.shape) for k, v in abstract.items()}
     got = {k: tuple(np.shape(v)) for k, v in flat.items()}
     problems = [f"missing {k} {s}" for k, s in want.items() if k not in got]
     problems += [f"unexpected {k} {s}" for k, s in got.items() if k not in want]
@@ -237,22 +273,31 @@ def spec_of_checkpoint(config, flat: Mapping[str, Any]):
         if k in got and got[k] != s
     ]
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"The checkpoint's weights do not fit config.model ({len(problems)} problem(s)); "
             "pass the --config that trained it:\n  " + "\n  ".join(problems[:20])
         )
-    return abstract.spec
+    return spec
+
+
+def read_checkpoint(path: str, step: int | None, config=None):
+    """(weights, meta, config) of a checkpoint, the config from its meta unless given. A wrong
+    --checkpoint or --step, or no recorded config without --config, is a flag mistake."""
+    from maskfeat_jax import checkpoint
+
+    try:
+        flat, meta = checkpoint.load_weights(path, step)
+        return flat, meta, config or checkpoint.config_from_meta(meta)
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"--checkpoint {path}: {e}") from e
 
 
 def main(argv):
     from absl import app
 
-    from maskfeat_jax import checkpoint
-
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    flat, meta = checkpoint.load_weights(_CHECKPOINT.value, _STEP.value)
-    config = _CONFIG.value or checkpoint.config_from_meta(meta)
+    flat, meta, config = read_checkpoint(_CHECKPOINT.value, _STEP.value, _CONFIG.value)
     spec = spec_of_checkpoint(config, flat)
     export = export_params(flat, spec, _NAMING.value)
     source = os.path.abspath(_CHECKPOINT.value)
@@ -275,6 +320,8 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from maskfeat_jax import cli
+
     _CHECKPOINT = flags.DEFINE_string(
         "checkpoint", None, "A run's workdir, its checkpoints directory, or one step directory."
     )
@@ -290,4 +337,4 @@ if __name__ == "__main__":
         "config", None, "Config of the run, if the checkpoint does not record it."
     )
     flags.mark_flags_as_required(["checkpoint", "naming", "out"])
-    app.run(main)
+    app.run(cli.exit_on_config_error(main), flags_parser=cli.parse_flags)

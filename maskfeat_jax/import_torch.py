@@ -13,7 +13,9 @@ ViT and torchvision MViT state dicts (``.pth``/``.pt``), or ``.safetensors`` fil
   * another resolution: the ViT ``pos_embed`` is resampled bicubically over the patch grid;
     MViT ``rel_pos_*`` tables are interpolated linearly when their length changes.
 
-Anything that does not fit is reported in one error that lists every mismatch. Pickled
+Anything that does not fit is reported in one error that lists every mismatch, and a naming
+without a model like the target (timm for video models, torchvision for ViTs) in one line
+that names those with one; the command line prints them without a traceback. Pickled
 files are read with ``torch.load(weights_only=True)``: a file that would need arbitrary
 code to unpickle is refused.
 """
@@ -28,11 +30,18 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from maskfeat_jax import torch_names
-from maskfeat_jax.export import family_of
+from maskfeat_jax import export, torch_names
+from maskfeat_jax.errors import ConfigError
+from maskfeat_jax.models import transfer
+
+_FORMS = {"auto": None, "pretrain": True, "finetune": False}
 
 
-class UnsafeCheckpointError(ValueError):
+class SourceError(ConfigError):
+    """``--source`` is not a readable state dict (missing, corrupt, or without tensors)."""
+
+
+class UnsafeCheckpointError(SourceError):
     """The file needs arbitrary unpickling (it could run code); it is not loaded."""
 
 
@@ -42,7 +51,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     Wrappers are opened: SlowFast's ``model_state``, and ``state_dict``/``model``/``module``
     as other trainers write them. Non-tensor entries (epoch, cfg) are dropped."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No such file: {path}")
+        raise SourceError(f"No such file: {path}")
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
@@ -62,7 +71,7 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             str(e).splitlines()[0] if str(e) else "unpickling failed",
         )
         if "Unsupported global" not in reason:
-            raise ValueError(f"{path} is not a readable torch checkpoint (corrupt?): {reason}")
+            raise SourceError(f"{path} is not a readable torch checkpoint (corrupt?): {reason}")
         raise UnsafeCheckpointError(
             f"Refusing to load {path}: besides tensors and plain containers it holds objects "
             "whose unpickling would run code from the file (torch.load with "
@@ -70,16 +79,16 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
             "tensors, e.g. torch.save(ckpt['model_state'], 'clean.pth'), or as .safetensors."
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable torch checkpoint (corrupt?): {e}") from e
+        raise SourceError(f"{path} is not a readable torch checkpoint (corrupt?): {e}") from e
     for wrapper in ("model_state", "state_dict", "model", "module"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
             break
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict.")
+        raise SourceError(f"{path} holds a {type(obj).__name__}, not a state dict.")
     tensors = {k: v.detach().cpu().numpy() for k, v in obj.items() if hasattr(v, "detach")}
     if not tensors:
-        raise ValueError(f"{path} has no tensors (keys: {sorted(obj)[:10]}).")
+        raise SourceError(f"{path} has no tensors (keys: {sorted(obj)[:10]}).")
     return tensors
 
 
@@ -104,42 +113,52 @@ class Imported:
 def import_params(
     state_dict: Mapping[str, Any],
     spec,
-    template: Mapping[str, np.ndarray],
+    template: Mapping[str, Any],
     target: str,
     source_pretrain: bool | None = None,
 ) -> Imported:
     """A ``target``-named state dict -> flat params for the model with ``spec`` whose
-    current (initial) flat params are ``template``. The names come from a per-layer model
-    of the source's form (sizes do not matter for names); ``models.transfer_params`` then
-    fits shapes and forms."""
-    from flax import nnx
-
+    current (initial) flat params are ``template``. The names are our per-layer paths in the
+    source's form; ``models.transfer_params`` then fits shapes and forms. Abstract tensors and
+    template (``jax.ShapeDtypeStruct``) check names and shapes of a full-size model."""
     from maskfeat_jax import models
 
-    family = family_of(spec)
+    export.check_naming(target, spec)
     if source_pretrain is None:
         source_pretrain = source_is_pretrain(state_dict, target, spec)
-    naming = torch_names.naming_for(target, family, source_pretrain)
-    # Our parameter paths in the source's form (names do not depend on sizes).
-    source_spec = dataclasses.replace(
-        spec, num_classes=0 if source_pretrain else max(spec.num_classes, 1)
-    )
-    paths = torch_names.flat_params(nnx.eval_shape(lambda: _build(source_spec, nnx.Rngs(0))))
+    naming = torch_names.naming_for(target, export.family_of(spec), source_pretrain)
+    paths = _source_paths(spec, template, source_pretrain)
     found, absent, unused = torch_names.rename_from_torch(state_dict, paths, naming)
     if absent:
         raise torch_names.MappingError(
             f"{len(absent)} parameter(s) missing from the {target} state dict "
-            f"({'pretraining' if source_pretrain else 'fine-tuning'} form):\n  "
+            f"({'pretraining' if source_pretrain else 'fine-tuning'} form); check --naming and "
+            "that --config describes the file's model:\n  "
             + "\n  ".join(f"{torch_names.torch_key(p, naming)} (for {p})" for p in absent)
         )
     params, not_used, fresh = models.transfer_params(spec, found, template)
     return Imported(params, source_pretrain, sorted(unused + not_used), fresh)
 
 
+def _source_paths(spec, template: Mapping[str, Any], source_pretrain: bool) -> list[str]:
+    """Our per-layer parameter paths in the source's form: the template's own when the forms
+    agree, else those of an abstract model in the source's form (sizes do not matter for
+    names; tracing one costs seconds for MViTv2-L, hence not when the template has them)."""
+    from flax import nnx
+
+    if source_pretrain == (not spec.num_classes):
+        return list(transfer.unstack_blocks(template))
+    source_spec = dataclasses.replace(
+        spec, num_classes=0 if source_pretrain else max(spec.num_classes, 1)
+    )
+    abstract = nnx.eval_shape(lambda: _build(source_spec, nnx.Rngs(0)))
+    return list(torch_names.flat_params(abstract))
+
+
 def _build(spec, rngs):
     from maskfeat_jax.models import mvit, vit
 
-    if family_of(spec) == "mvit":
+    if export.family_of(spec) == "mvit":
         return mvit.MViT(spec, rngs=rngs)
     return vit.ViT(spec, rngs=rngs)
 
@@ -150,15 +169,12 @@ def import_to_checkpoint(
     """Reads ``source``, fits it to ``config.model`` and writes a weights-only checkpoint."""
     from flax import nnx
 
-    from maskfeat_jax import checkpoint, models, train
+    from maskfeat_jax import checkpoint
 
-    spec = models.model_spec(config.model)
-    target_dim = train.target_dim(config, spec.patch_size)
-    model = models.build_model(config.model, nnx.Rngs(config.seed), target_dim=target_dim)
+    state_dict = load_state_dict(source)  # a wrong --source fails before any model is built
+    model = export.model_for_config(config, nnx.Rngs(config.seed))
     template = torch_names.flat_params(model)
-    state_dict = load_state_dict(source)
-    pretrain = {"auto": None, "pretrain": True, "finetune": False}[source_form]
-    result = import_params(state_dict, model.spec, template, target, pretrain)
+    result = import_params(state_dict, model.spec, template, target, _FORMS[source_form])
     torch_names.load_flat_params(model, result.params)
     meta = {
         "config": json.loads(config.to_json_best_effort()),
@@ -192,6 +208,8 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from maskfeat_jax import cli
+
     _SOURCE = flags.DEFINE_string("source", None, ".pyth/.pth/.pt or .safetensors file.")
     _NAMING = flags.DEFINE_enum(
         "naming", None, list(torch_names.TARGETS), "Key names the file uses."
@@ -200,9 +218,9 @@ if __name__ == "__main__":
     _SOURCE_FORM = flags.DEFINE_enum(
         "source_form",
         "auto",
-        ["auto", "pretrain", "finetune"],
+        list(_FORMS),
         "Form of the weights in the file (auto: from its keys).",
     )
     _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the target model.")
     flags.mark_flags_as_required(["source", "naming", "out", "config"])
-    app.run(main)
+    app.run(cli.exit_on_config_error(main), flags_parser=cli.parse_flags)

@@ -24,6 +24,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from maskfeat_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class Naming:
@@ -114,10 +116,13 @@ def naming_for(target: str, family: str, pretrain: bool) -> Naming:
         return TIMM_VIT_PRETRAIN if pretrain else TIMM_VIT
     if target == "torchvision" and family == "mvit":
         return TORCHVISION_MVIT_PRETRAIN if pretrain else TORCHVISION_MVIT
-    supported = {"vit": "timm or slowfast", "mvit": "torchvision or slowfast"}
+    supported = {"vit": ("ViT", "timm"), "mvit": ("MViTv2", "torchvision")}
     if target not in TARGETS or family not in supported:
-        raise ValueError(f"Unknown naming {target!r} for {family!r}; choose one of {TARGETS}.")
-    raise ValueError(f"{target} has no {family.upper()} like ours; use {supported[family]}.")
+        raise ConfigError(f"Unknown naming {target!r} for {family!r}; choose one of {TARGETS}.")
+    name, other = supported[family]
+    raise ConfigError(
+        f"{target} has no {name} like ours; use --naming {other} or --naming slowfast."
+    )
 
 
 def buffers_for(naming: Naming, pretrain: bool) -> tuple[Buffer, ...]:
@@ -181,6 +186,15 @@ def _from_torch_layout(x: np.ndarray, kind: str, path: str, naming: Naming) -> n
     return x
 
 
+def _relayout(value: Any, layout, kind: str, path: str, naming: Naming) -> Any:
+    """``layout`` applied to an array, or to the shape of an abstract one (through a
+    zero-stride view: no memory however large the shape)."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        view = np.broadcast_to(np.zeros((), value.dtype), value.shape)
+        return jax.ShapeDtypeStruct(layout(view, kind, path, naming).shape, value.dtype)
+    return layout(np.asarray(value), kind, path, naming)
+
+
 def to_torch(flat: Mapping[str, Any], naming: Naming) -> tuple[dict, dict]:
     """Our flat params -> (torch-named arrays, our params the target has no place for).
 
@@ -192,17 +206,12 @@ def to_torch(flat: Mapping[str, Any], naming: Naming) -> tuple[dict, dict]:
         if key is None:
             left[path] = value
             continue
-        if isinstance(value, jax.ShapeDtypeStruct):
-            view = np.broadcast_to(np.zeros((), value.dtype), value.shape)
-            shape = _to_torch_layout(view, key[1], path, naming).shape
-            out[key[0]] = jax.ShapeDtypeStruct(shape, value.dtype)
-        else:
-            x = _to_torch_layout(np.asarray(value), key[1], path, naming)
-            out[key[0]] = np.ascontiguousarray(x)
+        x = _relayout(value, _to_torch_layout, key[1], path, naming)
+        out[key[0]] = x if isinstance(x, jax.ShapeDtypeStruct) else np.ascontiguousarray(x)
     return out, left
 
 
-class MappingError(ValueError):
+class MappingError(ConfigError):
     """A PyTorch state dict does not fit the model; the message lists every problem."""
 
 
@@ -213,7 +222,8 @@ def rename_from_torch(
     layouts but with whatever shapes the file has (resampling is the caller's business).
 
     Returns (our flat params found, our paths with no tensor in the file, torch keys that
-    were not used). Paths the naming has no place for count as neither."""
+    were not used). Paths the naming has no place for count as neither. Abstract tensors
+    (``jax.ShapeDtypeStruct``) give abstract params: names and shapes without memory."""
     arrays = {k: _as_numpy(v) for k, v in state_dict.items()}
     out, absent, used = {}, [], set()
     for path in paths:
@@ -225,7 +235,7 @@ def rename_from_torch(
             absent.append(path)
             continue
         used.add(name)
-        out[path] = _from_torch_layout(arrays[name], kind, path, naming)
+        out[path] = _relayout(arrays[name], _from_torch_layout, kind, path, naming)
     return out, absent, sorted(set(arrays) - used)
 
 
@@ -274,7 +284,9 @@ def _torch_shape(value: np.ndarray, path: str, naming: Naming) -> tuple[int, ...
     return tuple(_to_torch_layout(value, kind, path, naming).shape)
 
 
-def _as_numpy(v: Any) -> np.ndarray:
+def _as_numpy(v: Any) -> Any:
+    if isinstance(v, jax.ShapeDtypeStruct):
+        return v
     if hasattr(v, "detach"):  # a torch tensor, without importing torch here
         v = v.detach().cpu().numpy()
     return np.asarray(v)

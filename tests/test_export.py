@@ -182,13 +182,13 @@ def test_scanned_vit_exports_like_the_per_layer_one():
         np.testing.assert_array_equal(a[k], b[k])
 
 
-def test_video_vit_is_refused_for_timm():
+def test_video_vit_is_refused_for_timm_and_torchvision():
     spec = vit.make_spec("B/2x16", image_size=32, num_frames=4, width=64, depth=1, num_heads=4)
     abstract = nnx.eval_shape(lambda: vit.ViT(spec, rngs=nnx.Rngs(0)))
-    with pytest.raises(ValueError, match="timm has no video ViT; .* --naming slowfast"):
-        export.export_params(torch_names.flat_params(abstract), spec, "timm")
-    with pytest.raises(ValueError, match="use timm or slowfast"):
-        export.export_params(torch_names.flat_params(abstract), spec, "torchvision")
+    flat = torch_names.flat_params(abstract)
+    for target in ("timm", "torchvision"):
+        with pytest.raises(ValueError, match=f"{target} has no video ViT.*use --naming slowfast"):
+            export.export_params(flat, spec, target)
 
 
 # ---------------------------------------------------------------------------------------------

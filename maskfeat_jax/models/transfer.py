@@ -1,5 +1,7 @@
 """Weights of one model form into another: pretraining -> fine-tuning, a new resolution,
-scanned <-> per-layer ViT blocks. Works on flat ``{'blocks/0/attn/qkv/kernel': array}`` dicts.
+scanned <-> per-layer ViT blocks. Works on flat ``{'blocks/0/attn/qkv/kernel': array}`` dicts;
+names and shapes also come through for abstract ``jax.ShapeDtypeStruct`` leaves (a full-size
+model checked without its memory).
 
 Resampling follows what the PyTorch loaders do so that weights moved here or there agree:
   ViT ``pos_embed``: bicubic over the patch grid, cls entry untouched (timm
@@ -14,7 +16,10 @@ import math
 import re
 from typing import Any, Callable, Mapping
 
+import jax
 import numpy as np
+
+from maskfeat_jax.errors import ConfigError
 
 _STACKED = re.compile(r"^blocks/(?!\d+/)")
 
@@ -85,10 +90,24 @@ def unstack_blocks(flat: Mapping[str, Any]) -> dict[str, Any]:
         if _STACKED.match(key):
             rest = key[len("blocks/") :]
             for i in range(value.shape[0]):
-                out[f"blocks/{i}/{rest}"] = value[i]
+                out[f"blocks/{i}/{rest}"] = _layer(value, i)
         else:
             out[key] = value
     return out
+
+
+def _layer(value: Any, i: int) -> Any:
+    """Layer ``i`` of a stacked array, or its abstract shape."""
+    if isinstance(value, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(value.shape[1:], value.dtype)
+    return value[i]
+
+
+def _stack(layers: list[Any]) -> Any:
+    """Per-layer arrays (or abstract shapes) -> one with a leading layer axis."""
+    if all(isinstance(v, jax.ShapeDtypeStruct) for v in layers):
+        return jax.ShapeDtypeStruct((len(layers), *layers[0].shape), layers[0].dtype)
+    return np.stack([np.asarray(v) for v in layers])
 
 
 def stack_like(flat: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str, Any]:
@@ -101,7 +120,7 @@ def stack_like(flat: Mapping[str, Any], template: Mapping[str, Any]) -> dict[str
             rest = key[len("blocks/") :]
             layers = [flat.get(f"blocks/{i}/{rest}") for i in range(like.shape[0])]
             if all(v is not None for v in layers):
-                out[key] = np.stack([np.asarray(v) for v in layers])
+                out[key] = _stack(layers)
     return out
 
 
@@ -135,7 +154,7 @@ def transfer_params(
             problems.append(f"{key}: shape {tuple(value.shape)} does not fit {want}")
         out[key] = value
     if problems:
-        raise ValueError(
+        raise ConfigError(
             f"{len(problems)} parameter(s) do not fit the target {what} (check variant, "
             "image_size and num_frames):\n  " + "\n  ".join(problems)
         )
