@@ -17,12 +17,41 @@ Per image and colour channel (channels are never mixed):
 
 Everything runs in float32 (the input is cast first) under ``stop_gradient``.
 
-Exact zeros. The Sobel filter is applied separably as a plain difference
-``a - b`` of two pixels followed by the ``[1, 2, 1]`` smoothing. Equal
-neighbours therefore give exactly 0.0 whatever the input scale, notably in flat
-regions and on the first/last row and column, where reflect padding mirrors the
-neighbour (``x[1] - x[1]``). A 3x3 convolution can leave a +-1e-8 residue there,
-and ``atan2(+-1e-8, gy)`` moves the vote between bins 0 and 8.
+What the HOG is computed on: ``input_kind`` (``config.hog.input`` in training).
+
+``"pixels"`` (default): meant for the integer pixel values of the augmented
+view. The Sobel filter is applied separably as a plain difference ``a - b`` of
+two pixels followed by the ``[1, 2, 1]`` smoothing, so equal neighbours give
+exactly 0.0 whatever the input scale (flat regions; the first/last row and
+column, where reflect padding mirrors the neighbour). On integer-valued input
+every gradient is exact, and the result equals the reference (HOGLayerC, or
+its PyTorch re-creation in benchmarks/torch_reference.py) to ~2e-7, with the
+same tokens and feature order.
+
+``"normalized"``: meant for the mean/std-normalised float tensor the encoder
+sees, which is what SlowFast passes to HOGLayerC. The Sobel is then the
+reference's 3x3 cross-correlation, accumulated tap by tap in row-major order;
+on CPU this gives gradients bit-identical to PyTorch's conv2d, so rounding
+residues have the reference's values and signs. Non-flat cells equal the
+reference to ~2e-7 on CPU (other backends: as far as their float arithmetic
+agrees). The one deliberate difference: a cell in which no pixel has a
+gradient above rounding level (|g| <= 2**-20 * sum |tap * value| for both
+components, see _RESIDUE_RTOL) is flat and gives zeros, as in "pixels" mode.
+The reference L2-normalises the rounding residues of such a cell into a
+unit-norm vector of noise, which depends on the backend's summation order and
+is not a property of the image. On 8-bit input the flat cells are exactly the
+cells whose integer Sobel is 0 at every pixel.
+
+Why the two modes differ on normalised 8-bit data. HOG is invariant to a
+per-channel affine map in exact arithmetic, but where the integer Sobel is 0
+only by cancellation (row differences +1, -2, +1; or a constant region, whose
+3x3 sum of ~2.0-sized values leaves -2.4e-7), the normalised float32 gradient
+is a residue of either sign: a residue gx moves the vote between bins 0 and
+8, and a pixel without real gradient votes its ~1e-7 magnitude. On 256x256
+ImageNet-normalised photos ~5 % of pixels carry such a residue, ~70 % of cells
+contain one, and 1.8 % of cells differ by more than 0.1 between the modes;
+cells without residue pixels agree to ~1e-6. "pixels" is the ideal HOG of the
+image; "normalized" reproduces the reference's numbers.
 
 Binning without atan2 on CPU. XLA's CPU atan2 is a scalar library call, the
 largest single cost (~0.2 s per 64x224x224x3 batch). On CPU the bin is instead
@@ -36,13 +65,6 @@ whenever atan2 is accurate to a few ulp, so the result equals the plain atan2
 formula bit for bit; the tests check this on photos, noise, adversarial
 directions and every 8-bit Sobel value pair. Other backends use
 ``jnp.arctan2`` directly.
-
-Note on normalised 8-bit photos: where the integer Sobel gx is 0 only by
-cancellation (e.g. row differences +1, -1, +1) the normalised float32 gx is a
-rounding residue of either sign, which puts the vote in bin 0 or bin 8. That
-is inherent to the formula in float32 (the reference implementation shows it
-too, with its own rounding), so HOG(normalised) and HOG(raw) differ on such
-pixels (~1 % of them); elsewhere they agree to float32 precision.
 """
 
 from __future__ import annotations
@@ -55,9 +77,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["hog", "hog_targets", "hog_targets_video"]
+__all__ = ["INPUT_KINDS", "hog", "hog_targets", "hog_targets_video"]
+
+# What the HOG is computed on; see the module docstring.
+INPUT_KINDS = ("pixels", "normalized")
 
 _NORM_EPS = 1e-12
+# "normalized" mode: a gradient component is rounding residue when it is at most
+# _RESIDUE_RTOL times the sum of |tap * value| it was summed from. Any order of
+# the 6 float32 additions errs by < 5 * 2**-24 = 3e-7 of that sum; the smallest
+# real step of an 8-bit (16-bit) image after normalisation is >= 8e-4 (3e-6)
+# of it, so 2**-20 = 9.5e-7 separates the two with margin on both sides.
+_RESIDUE_RTOL = 2.0**-20
 # Angular margin (rad) around each bin edge inside which the atan2 result is
 # used. The float32 atan2 path is within ~1.2e-6 rad of exact (<= 2 ulp atan2,
 # two roundings of phase / pi * nbins); the sign tests err by < 1e-6 relative.
@@ -88,6 +119,14 @@ def _check_multiple(name: str, size: int, unit: int, unit_name: str) -> None:
         raise ValueError(
             f"image {name} {size} is not a multiple of {unit_name} {unit}; "
             f"crop or resize to {lo} or {hi} (or change {unit_name})."
+        )
+
+
+def _check_input_kind(input_kind: str) -> None:
+    if input_kind not in INPUT_KINDS:
+        raise ValueError(
+            f"input_kind {input_kind!r} is not one of {INPUT_KINDS}: 'pixels' for raw pixel "
+            "values, 'normalized' for the mean/std-normalised tensor the encoder sees."
         )
 
 
@@ -163,14 +202,64 @@ def _sobel(padded: jax.Array) -> tuple[jax.Array, jax.Array]:
     return gx, gy
 
 
+# (row, column, weight) of the nonzero taps of Kx and Ky, in row-major order.
+_KX_TAPS = ((0, 0, 1.0), (0, 2, -1.0), (1, 0, 2.0), (1, 2, -2.0), (2, 0, 1.0), (2, 2, -1.0))
+_KY_TAPS = ((0, 0, 1.0), (0, 1, 2.0), (0, 2, 1.0), (2, 0, -1.0), (2, 1, -2.0), (2, 2, -1.0))
+
+
+def _tap(padded: jax.Array, row: int, col: int) -> jax.Array:
+    h, w = padded.shape[-3] - 2, padded.shape[-2] - 2
+    return padded[..., row : row + h, col : col + w, :]
+
+
+def _correlate(padded: jax.Array, taps, absolute: bool = False) -> jax.Array:
+    """sum(weight * x[tap]) accumulated tap by tap in row-major order.
+
+    This is the order of a direct 3x3 cross-correlation (PyTorch's CPU conv2d
+    gives bit-identical results), so rounding residues come out as there.
+    Products with +-1, +-2 are exact. ``absolute`` sums |weight * x| instead:
+    the scale that bounds the rounding error of the sum.
+    """
+    acc = None
+    for row, col, weight in taps:
+        term = weight * _tap(padded, row, col)
+        term = jnp.abs(term) if absolute else term
+        acc = term if acc is None else acc + term
+    return acc
+
+
+def _sobel_3x3(padded: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Sobel gx, gy as the reference's 3x3 cross-correlation (see _correlate).
+
+    Unlike _sobel, gradients that are 0 only after weighting (row differences
+    +1, -1, +1) or whose partial sums round (even in a constant region, where
+    x + 2x is rounded) leave a ~1e-7 residue of either sign, as the reference
+    does on the same float32 input.
+    """
+    return _correlate(padded, _KX_TAPS), _correlate(padded, _KY_TAPS)
+
+
+def _residue_pixels(padded: jax.Array, gx: jax.Array, gy: jax.Array) -> jax.Array:
+    """True where both gx and gy are within rounding error of 0 (see _RESIDUE_RTOL)."""
+    bound_x = _RESIDUE_RTOL * _correlate(padded, _KX_TAPS, absolute=True)
+    bound_y = _RESIDUE_RTOL * _correlate(padded, _KY_TAPS, absolute=True)
+    return (jnp.abs(gx) <= bound_x) & (jnp.abs(gy) <= bound_y)
+
+
 def _magnitude(gx: jax.Array, gy: jax.Array) -> jax.Array:
     return jnp.sqrt(gx * gx + gy * gy)
 
 
-def _gradients(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+def _sobel_for(input_kind: str):
+    """The Sobel form of each input kind: exact-zero separable, or the reference's 3x3."""
+    _check_input_kind(input_kind)
+    return _sobel if input_kind == "pixels" else _sobel_3x3
+
+
+def _gradients(images: jax.Array, input_kind: str = "pixels") -> tuple[jax.Array, jax.Array]:
     """Sobel gx, gy in float32, NHWC like the input (for tests and inspection)."""
     b, h, w, c = images.shape
-    gx, gy = _sobel(_padded_planes(images))
+    gx, gy = _sobel_for(input_kind)(_padded_planes(images))
     back = lambda g: jnp.transpose(g.reshape(h, w, b, c), (2, 0, 1, 3))
     return back(gx), back(gy)
 
@@ -232,14 +321,14 @@ def _sign_test_bins(gx: jax.Array, gy: jax.Array, mag: jax.Array, nbins: int) ->
     return jnp.where(gx == 0, zero, code)
 
 
-def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int) -> jax.Array:
+def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int, sobel=_sobel) -> jax.Array:
     """Replace every -1 code by its atan2 bin.
 
     codes: [H, W, N]; padded: [H+2, W+2, N]. Codes are handled in segments
     of L consecutive planes at one pixel. Segments holding a -1 are found with
     a fixed-size nonzero (capacity: the smallest of _CAPACITY_FRACTIONS of
     all segments that fits the count), their 3 x 3 x L padded neighbourhoods are
-    gathered, re-differentiated with the same _sobel (bit-identical gx, gy)
+    gathered, re-differentiated with the same ``sobel`` (bit-identical gx, gy)
     and their bins set from atan2. The loop only repeats when more than the
     largest capacity is flagged; being a loop, it also makes XLA read the
     materialised codes rather than recompute them for the flag test.
@@ -261,7 +350,7 @@ def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int) -> jax.Ar
         pixel, group = idx // per_pixel, idx % per_pixel
         corner = ((pixel // w) * (w + 2) + pixel % w) * per_pixel + group
         strips = padded_rows[corner[:, None, None] + offsets]  # [K, 3, 3, L]
-        gx, gy = _sobel(strips)  # [K, 1, 1, L]
+        gx, gy = sobel(strips)  # [K, 1, 1, L]
         return codes.at[idx].set(_atan2_bins(gx[:, 0, 0], gy[:, 0, 0], nbins))
 
     def step(state):
@@ -277,24 +366,24 @@ def _patch_with_atan2(codes: jax.Array, padded: jax.Array, nbins: int) -> jax.Ar
 
 
 def _bins_and_magnitude(
-    padded: jax.Array, nbins: int, method: str = "auto"
+    padded: jax.Array, nbins: int, method: str = "auto", sobel=_sobel
 ) -> tuple[jax.Array, jax.Array]:
     """Bins and float32 magnitude [H, W, N] of reflect-padded [H+2, W+2, N] planes.
 
     method: "atan2" (the formula), "sign" (sign tests, atan2 near edges: the
     same bins) or "auto" (sign on CPU, where atan2 is a slow scalar call;
-    atan2 elsewhere).
+    atan2 elsewhere). sobel: _sobel or _sobel_3x3.
     """
 
     def via_atan2(padded):
-        gx, gy = _sobel(padded)
+        gx, gy = sobel(padded)
         return _atan2_bins(gx, gy, nbins), _magnitude(gx, gy)
 
     def via_sign_tests(padded):
-        gx, gy = _sobel(padded)
+        gx, gy = sobel(padded)
         mag = _magnitude(gx, gy)
         codes = _sign_test_bins(gx, gy, mag, nbins)
-        return _patch_with_atan2(codes, padded, nbins), mag
+        return _patch_with_atan2(codes, padded, nbins, sobel), mag
 
     if method == "atan2":
         return via_atan2(padded)
@@ -306,11 +395,12 @@ def _bins_and_magnitude(
 
 
 def _pixel_bins(
-    images: jax.Array, nbins: int = 9, method: str = "auto"
+    images: jax.Array, nbins: int = 9, method: str = "auto", input_kind: str = "pixels"
 ) -> tuple[jax.Array, jax.Array]:
     """Per-pixel bins (int) and magnitudes (float32), NHWC (for tests and inspection)."""
     b, h, w, c = images.shape
-    bins, mag = _bins_and_magnitude(_padded_planes(images), nbins, method)
+    sobel = _sobel_for(input_kind)
+    bins, mag = _bins_and_magnitude(_padded_planes(images), nbins, method, sobel)
     back = lambda a: jnp.transpose(a.reshape(h, w, b, c), (2, 0, 1, 3))
     return back(bins), back(mag)
 
@@ -347,6 +437,13 @@ def _cell_histograms(mag: jax.Array, bins: jax.Array, nbins: int, cell: int) -> 
     return hist
 
 
+def _flat_cells(residue: jax.Array, cell: int) -> jax.Array:
+    """[H, W, N] residue pixels -> [h, w, 1, N]: cells where every pixel is residue."""
+    h, w, n = residue.shape
+    flat = jnp.all(residue.reshape(h // cell, cell, w // cell, cell, n), axis=(1, 3))
+    return flat[:, :, None, :]
+
+
 def _l2_normalize(hist: jax.Array, axis: int) -> jax.Array:
     """v / max(||v||_2, 1e-12) along axis (a flat cell stays all-zero)."""
     norm = jnp.sqrt(jnp.sum(hist * hist, axis=axis, keepdims=True))
@@ -354,17 +451,29 @@ def _l2_normalize(hist: jax.Array, axis: int) -> jax.Array:
 
 
 def _hog_cells(
-    images: jax.Array, nbins: int, cell_size: int, gaussian_window: int, method: str = "auto"
+    images: jax.Array,
+    nbins: int,
+    cell_size: int,
+    gaussian_window: int,
+    method: str = "auto",
+    input_kind: str = "pixels",
 ) -> jax.Array:
     """Normalised histograms in the internal layout [h, w, nbins, B, C]."""
     b, h, w, c = images.shape
     padded = _padded_planes(images)
-    bins, mag = _bins_and_magnitude(padded, nbins, method)
+    sobel = _sobel_for(input_kind)
+    bins, mag = _bins_and_magnitude(padded, nbins, method, sobel)
     if gaussian_window:
         reps = (h // gaussian_window, w // gaussian_window)
         window = np.tile(gaussian_window_weights(gaussian_window), reps)
         mag = mag * jnp.asarray(window)[:, :, None]
-    hist = _l2_normalize(_cell_histograms(mag, bins, nbins, cell_size), axis=2)
+    hist = _cell_histograms(mag, bins, nbins, cell_size)
+    if input_kind == "normalized":
+        # A cell with no gradient above rounding level is flat: zeros, as in
+        # "pixels" mode, rather than a unit vector of rounding noise.
+        residue = _residue_pixels(padded, *sobel(padded))
+        hist = jnp.where(_flat_cells(residue, cell_size), 0.0, hist)
+    hist = _l2_normalize(hist, axis=2)
     return hist.reshape(h // cell_size, w // cell_size, nbins, b, c)
 
 
@@ -372,17 +481,26 @@ def _hog_cells(
 # Public API
 
 
-@functools.partial(jax.jit, static_argnames=("nbins", "cell_size", "gaussian_window"))
+@functools.partial(
+    jax.jit, static_argnames=("nbins", "cell_size", "gaussian_window", "input_kind")
+)
 def hog(
-    images: jax.Array, *, nbins: int = 9, cell_size: int = 8, gaussian_window: int = 0
+    images: jax.Array,
+    *,
+    nbins: int = 9,
+    cell_size: int = 8,
+    gaussian_window: int = 0,
+    input_kind: str = "pixels",
 ) -> jax.Array:
     """HOG of NHWC images [B, H, W, C] -> float32 [B, H/cell, W/cell, C, nbins].
 
     Any float or integer dtype is accepted; the computation is float32. The
     result is per channel and per cell L2-normalised and carries no gradient.
+    input_kind: "pixels" or "normalized" (module docstring).
     """
+    _check_input_kind(input_kind)
     _check_images(images.shape, nbins=nbins, cell_size=cell_size, gaussian_window=gaussian_window)
-    hist = _hog_cells(images, nbins, cell_size, gaussian_window)
+    hist = _hog_cells(images, nbins, cell_size, gaussian_window, input_kind=input_kind)
     return jnp.transpose(hist, (3, 0, 1, 4, 2))
 
 
@@ -398,7 +516,10 @@ def _tokens(hist: jax.Array, patch_size: int, cell_size: int) -> jax.Array:
     return t.reshape(b, (h // k) * (w // k), c * nbins * k * k)
 
 
-@functools.partial(jax.jit, static_argnames=("patch_size", "nbins", "cell_size", "gaussian_window"))
+@functools.partial(
+    jax.jit,
+    static_argnames=("patch_size", "nbins", "cell_size", "gaussian_window", "input_kind"),
+)
 def hog_targets(
     images: jax.Array,
     *,
@@ -406,12 +527,14 @@ def hog_targets(
     nbins: int = 9,
     cell_size: int = 8,
     gaussian_window: int = 0,
+    input_kind: str = "pixels",
 ) -> jax.Array:
     """Per-token MaskFeat targets [B, (H/p)*(W/p), C*nbins*(p/cell)**2] (108 for RGB).
 
     Feature order c*36 + bin*4 + dy*2 + dx (for p=16, cell=8); tokens in
-    raster (h, w) order.
+    raster (h, w) order. input_kind: "pixels" or "normalized".
     """
+    _check_input_kind(input_kind)
     _check_images(
         images.shape,
         nbins=nbins,
@@ -419,13 +542,20 @@ def hog_targets(
         gaussian_window=gaussian_window,
         patch_size=patch_size,
     )
-    hist = _hog_cells(images, nbins, cell_size, gaussian_window)
+    hist = _hog_cells(images, nbins, cell_size, gaussian_window, input_kind=input_kind)
     return _tokens(hist, patch_size, cell_size)
 
 
 @functools.partial(
     jax.jit,
-    static_argnames=("temporal_stride", "patch_size", "nbins", "cell_size", "gaussian_window"),
+    static_argnames=(
+        "temporal_stride",
+        "patch_size",
+        "nbins",
+        "cell_size",
+        "gaussian_window",
+        "input_kind",
+    ),
 )
 def hog_targets_video(
     clips: jax.Array,
@@ -435,6 +565,7 @@ def hog_targets_video(
     nbins: int = 9,
     cell_size: int = 8,
     gaussian_window: int = 0,
+    input_kind: str = "pixels",
 ) -> jax.Array:
     """Targets for clips [B, T, H, W, C] from frames 0, s, 2s, ... (s = temporal_stride).
 
@@ -460,5 +591,6 @@ def hog_targets_video(
         nbins=nbins,
         cell_size=cell_size,
         gaussian_window=gaussian_window,
+        input_kind=input_kind,
     )
     return tokens.reshape(b, -1, tokens.shape[-1])

@@ -616,3 +616,184 @@ def test_jit_vmap_and_no_gradient():
     np.testing.assert_allclose(jax.jit(lambda v: hog(v * 2.0))(x), expected, atol=1e-7)
     grad = jax.grad(lambda v: jnp.sum(hog(v) ** 3))(x)
     assert grad.shape == x.shape and np.all(np.asarray(grad) == 0.0)
+
+
+# ----------------------------------------------------------------------------
+# input_kind="normalized": the reference's numbers on the normalised input
+
+
+def _integer_sobel_zero(x_u8):
+    """Pixels whose exact integer Sobel gx and gy are both 0 (no real gradient)."""
+    gx, gy = ref_gradients(x_u8)
+    return (gx == 0) & (gy == 0)
+
+
+def _cells_all(mask, cell):
+    b, h, w, c = mask.shape
+    return mask.reshape(b, h // cell, cell, w // cell, cell, c).all((2, 4))
+
+
+def _cancelling_pattern_u8(size=32):
+    """Non-constant 8-bit image whose exact Sobel is 0 everywhere.
+
+    x = 128 + (-1)**row * (col // 2): the differences across two columns are
+    -1, +1, -1 down the rows (1 - 2 + 1 = 0) and the rows two apart are equal.
+    After mean/std normalisation the three differences no longer cancel
+    exactly, so a 3x3 correlation leaves a rounding residue of either sign.
+    """
+    r, c = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    x = 128 + np.where(r % 2, -1, 1) * (c // 2)
+    return np.repeat(x[None, :, :, None], 3, axis=-1).astype(np.uint8)
+
+
+def _normalise(x_u8):
+    return ((x_u8 - MEAN) / STD).astype(np.float32)
+
+
+def test_normalized_mode_gradients_are_the_reference_3x3_correlation(photos_norm):
+    """Bit for bit equal to PyTorch's conv2d on the same float32 input (CPU)."""
+    _, tgx, tgy = _torch_side(photos_norm[:2, :64, :64])
+    x = jnp.asarray(photos_norm[:2, :64, :64])
+    gx, gy = (np.asarray(a) for a in jax.jit(hog_lib._gradients, static_argnums=1)(x, "normalized"))
+    np.testing.assert_array_equal(gx, tgx)
+    np.testing.assert_array_equal(gy, tgy)
+
+
+def test_normalized_mode_matches_torch_on_non_flat_cells(photos_u8, photos_norm):
+    """Every non-flat cell equals the reference to 1e-6 (measured: 1.8e-7).
+
+    Flat cells (here 48 of 98,304, 0.05 %) are exactly those where the 8-bit
+    image has no gradient at any pixel; the reference gives them a unit
+    vector of rounding noise, this module zeros.
+    """
+    expected, _, _ = _torch_side(photos_norm)
+    ours = np.asarray(hog(jnp.asarray(photos_norm), input_kind="normalized"))
+    flat = np.all(ours == 0, axis=-1)
+    np.testing.assert_array_equal(flat, _cells_all(_integer_sobel_zero(photos_u8), 8))
+    assert 0 < flat.mean() < 0.01
+    assert np.abs(ours - expected).max(-1)[~flat].max() <= 1e-6
+    np.testing.assert_allclose(np.linalg.norm(expected, axis=-1)[flat], 1.0, atol=1e-6)
+
+
+def test_normalized_mode_zeros_cells_of_pure_rounding_residue():
+    """Integer Sobel 0 everywhere: the reference returns noise, we return zeros."""
+    x = _normalise(_cancelling_pattern_u8())
+    gx, _ = (np.asarray(a) for a in hog_lib._gradients(jnp.asarray(x), "normalized"))
+    residue = np.abs(gx[:, 1:-1, 1:-1])
+    assert residue.max() > 0 and residue.max() < 1e-5  # the test has teeth
+    expected, _, _ = _torch_side(x)
+    assert np.all(np.linalg.norm(expected, axis=-1) > 0.99)  # unit-norm noise
+    assert np.all(np.asarray(hog(jnp.asarray(x), input_kind="normalized")) == 0.0)
+
+
+def test_normalized_mode_keeps_the_smallest_real_gradient():
+    """A one-level step of an 8-bit or a 16-bit image is real, not residue.
+
+    Its cells are not flat and equal the reference; the residue pixels around
+    the step still vote, as in the reference (~1e-6 of the cell's histogram
+    for 8 bits, ~3e-3 for 16 bits), so the step's bin 4 holds >= 0.99.
+    """
+    for levels in (255.0, 65535.0):
+        x = np.full((1, 16, 32, 3), 100.0)
+        x[:, :, 12:] = 101.0  # the step is inside the cells of columns 8-15
+        normalised = ((x / levels - MEAN / 255) / (STD / 255)).astype(np.float32)
+        out = np.asarray(hog(jnp.asarray(normalised), input_kind="normalized"))
+        expected, _, _ = _torch_side(normalised)
+        np.testing.assert_allclose(out[:, :, 1], expected[:, :, 1], atol=1e-6)
+        assert np.all(out[:, :, 1, :, 4] > 0.99)
+        assert np.all(out[:, :, [0, 2, 3]] == 0.0)
+
+
+def test_residue_bound_separates_rounding_from_real_gradients(photos_u8, photos_norm):
+    """On normalised 8-bit photos: residue pixels == integer Sobel exactly 0."""
+    padded = hog_lib._padded_planes(jnp.asarray(photos_norm))
+    residue = np.asarray(hog_lib._residue_pixels(padded, *hog_lib._sobel_3x3(padded)))
+    residue = residue.reshape(256, 256, 4, 3).transpose(2, 0, 1, 3)
+    np.testing.assert_array_equal(residue, _integer_sobel_zero(photos_u8))
+
+
+def test_normalized_mode_flat_cells_on_digits():
+    """Digits: large black backgrounds; flat cells are zeros, like the pixels mode."""
+    from maskfeat_jax.data import digits
+
+    u8 = np.stack([r["image"] for r in digits.load_split("train", image_size=24)[:64]])
+    x = ((u8 / 255.0 - 0.31) / 0.35).astype(np.float32)
+    ours = np.asarray(hog(jnp.asarray(x), cell_size=4, input_kind="normalized"))
+    pixels = np.asarray(hog(jnp.asarray(u8), cell_size=4))
+    flat = np.all(ours == 0, axis=-1)
+    np.testing.assert_array_equal(flat, _cells_all(_integer_sobel_zero(u8), 4))
+    np.testing.assert_array_equal(flat, np.all(pixels == 0, axis=-1))
+    assert flat.mean() > 0.1
+    expected, _, _ = _torch_side(x, pool=4)
+    assert np.abs(ours - expected).max(-1)[~flat].max() <= 1e-6
+
+
+def test_normalized_mode_vs_pixels_mode_on_8bit_photos(photos_u8, photos_norm):
+    """Invariance holds on every cell without residue pixels (measured 7.3e-7).
+
+    A residue is a component that is exactly 0 for the 8-bit image but not
+    after normalisation (the 3x3 sums round; even a constant region gives
+    gy = -2.4e-7 at values near 2). A residue gx sends the vote to bin 0 or
+    bin 8 by its sign; a pixel without real gradient votes its ~1e-7
+    magnitude, up to ~2e-4 of a low-contrast cell's histogram. Such pixels
+    touch ~70 % of the cells of these photos; 1.8 % of all cells then differ
+    by more than 0.1 in some bin.
+    """
+    pixel_mode = np.asarray(hog(jnp.asarray(photos_u8)))
+    normalized = np.asarray(hog(jnp.asarray(photos_norm), input_kind="normalized"))
+    gx_int, gy_int = ref_gradients(photos_u8)
+    gx, gy = (np.asarray(a) for a in hog_lib._gradients(jnp.asarray(photos_norm), "normalized"))
+    residue = ((gx_int == 0) & (gx != 0)) | ((gy_int == 0) & (gy != 0))
+    clean_cells = _cells_all(~residue, 8)
+    diff = np.abs(pixel_mode - normalized).max(-1)
+    assert 0.2 < clean_cells.mean() < 0.4
+    assert diff[clean_cells].max() <= 2e-6
+    assert 0.01 < (diff > 0.1).mean() < 0.03
+
+
+def test_normalized_mode_sign_bins_equal_atan2_bins(photos_norm):
+    x = jnp.asarray(photos_norm[:, :64, :64])
+    bins = jax.jit(hog_lib._pixel_bins, static_argnames=("nbins", "method", "input_kind"))
+    a, ma = bins(x, method="sign", input_kind="normalized")
+    b, mb = bins(x, method="atan2", input_kind="normalized")
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(ma), np.asarray(mb))
+
+
+def test_normalized_mode_video_uses_even_frames():
+    rng = np.random.default_rng(8)
+    clips = rng.standard_normal((1, 4, 32, 32, 3)).astype(np.float32)
+    out = np.asarray(hog_targets_video(jnp.asarray(clips), input_kind="normalized"))
+    frames = jnp.asarray(clips[0, ::2])
+    np.testing.assert_array_equal(
+        out[0], np.asarray(hog_targets(frames, input_kind="normalized")).reshape(-1, 108)
+    )
+
+
+def test_unknown_input_kind_names_the_choices():
+    with pytest.raises(ValueError, match="'pixels', 'normalized'"):
+        hog(jnp.zeros((1, 16, 16, 3)), input_kind="raw")
+
+
+def test_train_targets_follow_config_hog_input(photos_u8, photos_norm):
+    """compute_targets: "pixels" uses the uint8 view, "normalized" the encoder input."""
+    import types
+
+    from configs import common
+    from maskfeat_jax import errors, train
+
+    config = common.pretrain_config()
+    spec = types.SimpleNamespace(is_video=False, patch_size=16, tubelet=2)
+    pixels, images = jnp.asarray(photos_u8[:1, :64, :64]), jnp.asarray(photos_norm[:1, :64, :64])
+    assert config.hog.input == "pixels"
+    np.testing.assert_array_equal(
+        train.compute_targets(pixels, images, spec, config), hog_targets(pixels)
+    )
+    config.hog.input = "normalized"
+    np.testing.assert_array_equal(
+        train.compute_targets(pixels, images, spec, config),
+        hog_targets(images, input_kind="normalized"),
+    )
+    config.hog.input = "raw"
+    with pytest.raises(errors.ConfigError, match="config.hog.input='raw'.*pixels.*normalized"):
+        train.compute_targets(pixels, images, spec, config)

@@ -9,10 +9,19 @@ written to ``WORKDIR/results.md`` and ``WORKDIR/results.json``. Runs are resumab
 command and finished pieces are read back.
 
   python -m maskfeat_jax.experiments.digits --workdir runs/digits [--seeds 0,1,2]
+
+``--hog_inputs pixels,normalized`` adds a HOG-target row whose targets are the HOG of the
+normalized input (``config.hog.input``, as SlowFast) instead of the uint8 pixels;
+``--rows hog`` restricts the comparison to the HOG-target rows and ``--noprobe`` skips the
+linear probes. For example, HOG of pixels vs HOG of the normalized input:
+
+  python -m maskfeat_jax.experiments.digits --workdir runs/digits --rows hog \
+      --hog_inputs pixels,normalized --seeds 0,1
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,10 +31,55 @@ from absl import app, flags, logging
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and the results go.")
 _SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each one is a full repeat).")
-_PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", None, "Override (default: config).")
-_FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", None, "Override (default: config).")
+_PRETRAIN_EPOCHS = flags.DEFINE_integer(
+    "pretrain_epochs", None, "Override (default: config); warmup keeps its share."
+)
+_FINETUNE_EPOCHS = flags.DEFINE_integer(
+    "finetune_epochs", None, "Override (default: config); warmup keeps its share."
+)
 
-INITS = (("random", None), ("MaskFeat, HOG target", "hog"), ("MaskFeat, pixel target", "pixels"))
+_ROWS = flags.DEFINE_list(
+    "rows", ["random", "hog", "pixels"], "Initial weights to compare: random, hog, pixels."
+)
+_HOG_INPUTS = flags.DEFINE_list(
+    "hog_inputs", ["pixels"], "config.hog.input of the HOG-target rows (pixels, normalized)."
+)
+_PROBE = flags.DEFINE_bool("probe", True, "Also train a linear probe for every row.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Init:
+    """One row: its label, the pretraining target (None: random init) and its run-dir key."""
+
+    name: str
+    target: str | None = None
+    hog_input: str = "pixels"
+
+    @property
+    def key(self) -> str:
+        # The pixels-input HOG row keeps its original directories, so old runs resume.
+        if self.target == "hog" and self.hog_input != "pixels":
+            return f"hog_{self.hog_input}"
+        return {None: "random", "hog": "HOG_target", "pixels": "pixel_target"}[self.target]
+
+
+def inits(rows, hog_inputs) -> list[Init]:
+    """The rows to run, in table order."""
+    unknown = set(rows) - {"random", "hog", "pixels"}
+    if unknown:
+        raise ValueError(f"unknown --rows {sorted(unknown)}; use random, hog, pixels.")
+    chosen = []
+    if "random" in rows:
+        chosen.append(Init("random"))
+    if "hog" in rows:
+        for source in hog_inputs:
+            label = "MaskFeat, HOG target"
+            if source != "pixels":
+                label += f" ({source} input)"
+            chosen.append(Init(label, "hog", source))
+    if "pixels" in rows:
+        chosen.append(Init("MaskFeat, pixel target", "pixels"))
+    return chosen
 
 
 def _read(path):
@@ -35,15 +89,23 @@ def _read(path):
     return None
 
 
-def _pretrain(seed: int, target: str, workdir: str) -> str:
+def _set_epochs(config, epochs: int) -> None:
+    """A shorter or longer schedule keeps its warmup's share of it."""
+    config.optim.warmup_epochs = config.optim.warmup_epochs * epochs / config.total_epochs
+    config.total_epochs = epochs
+
+
+def _pretrain(seed: int, init: Init, workdir: str) -> str:
     from configs import digits
     from maskfeat_jax import train
 
-    run_dir = os.path.join(workdir, f"seed{seed}", f"pretrain_{target}")
-    config = digits.pretrain(target)
+    key = init.target if init.hog_input == "pixels" else init.key
+    run_dir = os.path.join(workdir, f"seed{seed}", f"pretrain_{key}")
+    config = digits.pretrain(init.target)
+    config.hog.input = init.hog_input
     config.seed = seed
     if _PRETRAIN_EPOCHS.value:
-        config.total_epochs = _PRETRAIN_EPOCHS.value
+        _set_epochs(config, _PRETRAIN_EPOCHS.value)
     train.run(config, run_dir)  # returns at once when its last checkpoint exists
     return run_dir
 
@@ -56,7 +118,7 @@ def _finetune(seed: int, init_from: str | None, name: str, workdir: str) -> floa
     done = _read(os.path.join(run_dir, "results.json"))
     config = digits.finetune()
     if _FINETUNE_EPOCHS.value:
-        config.total_epochs = _FINETUNE_EPOCHS.value
+        _set_epochs(config, _FINETUNE_EPOCHS.value)
     if done is None or done["step"] < train.schedule_steps(config)[0]:
         config.seed = seed
         config.init_from = init_from or ""
@@ -81,20 +143,22 @@ def _probe(seed: int, init_from: str | None, name: str, workdir: str) -> float:
 
 def table(results: dict) -> str:
     seeds = results["seeds"]
+    kinds = [k for k in ("finetune", "probe") if results[k]]
+    header = {"finetune": "fine-tune top-1 (%)", "probe": "linear probe top-1 (%)"}
     lines = [
-        "| initial weights | fine-tune top-1 (%) | linear probe top-1 (%) |",
-        "|---|---|---|",
+        "| initial weights | " + " | ".join(header[k] for k in kinds) + " |",
+        "|---" * (len(kinds) + 1) + "|",
     ]
-    for name, _ in INITS:
+    for name in results["finetune"]:
         cells = []
-        for kind in ("finetune", "probe"):
+        for kind in kinds:
             values = 100 * np.asarray([results[kind][name][str(s)] for s in seeds])
             per_seed = ", ".join(f"{v:.1f}" for v in values)
             cells.append(
                 f"{values.mean():.1f} ± {values.std(ddof=1) if len(values) > 1 else 0:.1f}"
                 f" ({per_seed})"
             )
-        lines.append(f"| {name} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -108,15 +172,17 @@ def main(argv):
     os.makedirs(workdir, exist_ok=True)
     results = {"seeds": seeds, "finetune": {}, "probe": {}}
     start = time.perf_counter()
+    rows = inits(_ROWS.value, _HOG_INPUTS.value)
     for seed in seeds:
-        for name, target in INITS:
-            init_from = _pretrain(seed, target, workdir) if target else None
-            key = name.split(",")[-1].strip().replace(" ", "_")
-            ft = _finetune(seed, init_from, key, workdir)
-            lp = _probe(seed, init_from, key, workdir)
-            results["finetune"].setdefault(name, {})[str(seed)] = ft
-            results["probe"].setdefault(name, {})[str(seed)] = lp
-            logging.info("seed %d, %s: fine-tune %.4f, probe %.4f", seed, name, ft, lp)
+        for init in rows:
+            init_from = _pretrain(seed, init, workdir) if init.target else None
+            ft = _finetune(seed, init_from, init.key, workdir)
+            results["finetune"].setdefault(init.name, {})[str(seed)] = ft
+            logging.info("seed %d, %s: fine-tune %.4f", seed, init.name, ft)
+            if _PROBE.value:
+                lp = _probe(seed, init_from, init.key, workdir)
+                results["probe"].setdefault(init.name, {})[str(seed)] = lp
+                logging.info("seed %d, %s: probe %.4f", seed, init.name, lp)
     results["minutes"] = (time.perf_counter() - start) / 60
     text = table(results)
     with open(os.path.join(workdir, "results.json"), "w") as f:
