@@ -320,13 +320,21 @@ def load_weights(path: str, step: int | None = None) -> tuple[dict[str, np.ndarr
     model = ocp.PyTreeCheckpointer().restore(
         model_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args)
     )
-    meta = {}
-    if "meta" in present:
-        meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
-            files.join(step_dir, "meta"), args=ocp.args.JsonRestore()
-        )
     flat = traverse_util.flatten_dict(_plain(model), sep="/")
-    return {k: np.asarray(v) for k, v in flat.items()}, dict(meta)
+    return {k: np.asarray(v) for k, v in flat.items()}, read_meta(directory, step)
+
+
+def read_meta(path: str, step: int | None = None) -> dict:
+    """The ``meta`` item (step, RNG, the config that made it) of a checkpoint, without reading
+    any array; empty if the checkpoint has none."""
+    directory, step = resolve(path, step)
+    if "meta" not in _items(directory, step):
+        return {}
+    return dict(
+        ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+            files.join(directory, str(step), "meta"), args=ocp.args.JsonRestore()
+        )
+    )
 
 
 def _items(directory: str, step: int) -> set[str]:

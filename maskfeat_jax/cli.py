@@ -15,7 +15,7 @@ from typing import Sequence
 
 from absl import flags
 
-from maskfeat_jax.errors import ConfigError
+from maskfeat_jax.errors import ConfigError, UserError
 
 
 def _flag_value(argv: Sequence[str], name: str) -> str | None:
@@ -82,14 +82,14 @@ def unknown_key(config, key: str) -> str | None:
 
 
 def exit_on_config_error(fn):
-    """Runs ``fn`` (an absl main); a ConfigError ends the run with its message and exit code 2
-    instead of a traceback."""
+    """Runs ``fn`` (an absl main); a config or data mistake (``errors.UserError``) ends the run
+    with its one-line message and exit code 2 instead of a traceback."""
 
     def wrapped(argv):
         try:
             return fn(argv)
-        except ConfigError as e:
-            print(f"Config error: {e}", file=sys.stderr)
+        except UserError as e:
+            print(f"{e.label}: {e}", file=sys.stderr)
             sys.exit(2)
 
     return wrapped

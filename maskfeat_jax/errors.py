@@ -1,5 +1,19 @@
-"""The error a user fixes by changing the config or the command line."""
+"""The errors a user fixes by changing the config, the command line or the data."""
 
 
-class ConfigError(ValueError):
-    """A config value that cannot work; the message names the value and the fix."""
+class UserError(ValueError):
+    """Input that cannot work; the message names the value and the fix."""
+
+    label = "Error"
+
+
+class ConfigError(UserError):
+    """A config value or command-line flag that cannot work."""
+
+    label = "Config error"
+
+
+class DataError(UserError):
+    """Data that cannot be read as the config says (missing directory, split or records)."""
+
+    label = "Data error"

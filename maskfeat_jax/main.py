@@ -56,13 +56,11 @@ def main(argv):
         _PROCESS_ID.value,
         timeout_seconds=_DISTRIBUTED_TIMEOUT.value,
     )
-    from maskfeat_jax import checkpoint, files, train
+    from maskfeat_jax import checkpoint, train
 
     checkpoint.quiet_orbax_logging()
     config = _CONFIG.value
     workdir = _WORKDIR.value
-    files.make_dirs(workdir)
-    logging.info("Config:\n%s", config)
     metrics = train.run(config, workdir)
     logging.info("Finished: %s", {k: round(v, 6) for k, v in metrics.items()})
 

@@ -36,6 +36,7 @@ from maskfeat_jax import (
     models,
     objectives,
     optim,
+    preflight,
     sharding,
 )
 from maskfeat_jax import metrics as metrics_lib
@@ -56,8 +57,23 @@ TARGETS = ("hog", "pixels")
 def target_kind(config: ml_collections.ConfigDict) -> str:
     kind = config.get("target", "hog")
     if kind not in TARGETS:
-        raise ValueError(f"config.target={kind!r} is not one of {TARGETS}.")
+        raise errors.ConfigError(
+            f"config.target={kind!r} is not one of {TARGETS}; set --config.target=hog or pixels."
+        )
     return kind
+
+
+def hog_input(config: ml_collections.ConfigDict) -> str:
+    """What the HOG target is computed on: "pixels", the integer-valued view (exact Sobel
+    zeros), or "normalized", the tensor the encoder sees, as SlowFast computes it."""
+    source = config.hog.get("input", "pixels")
+    if source not in hog.INPUT_KINDS:
+        raise errors.ConfigError(
+            f"config.hog.input={source!r} is not one of {hog.INPUT_KINDS}; set "
+            "--config.hog.input=pixels (uint8 pixel values, the default) or normalized "
+            "(the mean/std-normalized input, as SlowFast)."
+        )
+    return source
 
 
 def target_dim(config: ml_collections.ConfigDict, patch_size: int, channels: int = 3) -> int:
@@ -71,7 +87,8 @@ def target_dim(config: ml_collections.ConfigDict, patch_size: int, channels: int
 def compute_targets(
     pixels: jax.Array, images: jax.Array, spec, config: ml_collections.ConfigDict
 ) -> jax.Array:
-    """HOG of the uint8-valued ``pixels`` or the normalized ``images`` patch by patch (the
+    """HOG of the uint8-valued ``pixels`` (``config.hog.input="pixels"``) or of the normalized
+    ``images`` (``"normalized"``), or ``images`` patch by patch (the
     paper's pixel-colour target, each patch normalized to zero mean and unit variance when
     ``config.norm_pixel_target``, SlowFast's ``NORM_PRED_PIXEL``); video targets come from
     frames 0, t, 2t, ... (t = tubelet)."""
@@ -81,15 +98,18 @@ def compute_targets(
             frames, spec.patch_size, normalize=config.get("norm_pixel_target", True)
         )
     hog_cfg = config.hog
+    kind = hog_input(config)
     kwargs = dict(
         patch_size=spec.patch_size,
         nbins=hog_cfg.nbins,
         cell_size=hog_cfg.cell_size,
         gaussian_window=hog_cfg.gaussian_window,
+        input_kind=kind,
     )
+    source = pixels if kind == "pixels" else images
     if spec.is_video:
-        return hog.hog_targets_video(pixels, temporal_stride=spec.tubelet, **kwargs)
-    return hog.hog_targets(pixels, **kwargs)
+        return hog.hog_targets_video(source, temporal_stride=spec.tubelet, **kwargs)
+    return hog.hog_targets(source, **kwargs)
 
 
 def token_mask(mask: jax.Array, token_grid: tuple[int, ...]) -> jax.Array:
@@ -124,9 +144,9 @@ def pretrain_outputs(model: nnx.Module, batch: Batch, config, key: jax.Array | N
     """(predictions [B, N, D], targets [B, N, D], loss mask [B, N]) on the output tokens."""
     spec = model.spec
     images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
-    # HOG is invariant to the per-channel affine normalization, so the targets come from the
-    # same augmented view before normalizing: integer pixels make every Sobel cancellation
-    # exact, and a pixel's bin never depends on float rounding of the normalized values.
+    # By default (config.hog.input="pixels") the HOG targets come from the same augmented view
+    # before normalizing: integer pixels make every Sobel cancellation exact, so a pixel's bin
+    # never depends on float rounding of the normalized values; "normalized" takes `images`.
     pixels = batch["image"].astype(jnp.float32)
     targets = jax.lax.stop_gradient(compute_targets(pixels, images, spec, config))
     # Mask units are upsampled twice: to the input tokens for mask-token replacement and to
@@ -457,7 +477,34 @@ def initial_state(
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Pretrains as the config says; resumes from ``workdir/checkpoints`` if a run was cut
     short; returns the last logged metrics (with ``preempted`` = 1.0 if it stopped early)."""
+    # What can fail without the model fails first: the config values, the workdir and its
+    # checkpoints, the data. Building the abstract model (tens of seconds for the large
+    # ones) and compiling come after.
+    spec = models.model_spec(config.model)
+    if not finetune.is_classification(config) and target_kind(config) == "hog":
+        hog_input(config)
+    sharding.check_global_batch(
+        config.input.batch_size,
+        sharding.make_mesh(config.mesh),
+        sharding.rules_from_config(config.sharding.rules),
+    )
+    total_steps, _ = schedule_steps(config)
+    preflight.check_workdir(workdir)
+    resumed = preflight.check_checkpoints(workdir, config)
+    preflight.log_outputs(workdir, resumed)
+    if resumed is not None and resumed >= total_steps:
+        logging.info(
+            "Checkpoint step %d already completes the schedule of %d steps; nothing to do.",
+            resumed,
+            total_steps,
+        )
+        return {}
+    for line in preflight.describe_data(config, spec, workdir):
+        logging.info(line)
+    data = train_iterator(config, spec, workdir)
+    preflight.read_first_batch(data)
     trainer = build_trainer(config)
+    logging.info("Config:\n%s", config)
     logging.info(
         "Mesh %s; %d devices over %d processes.",
         dict(trainer.mesh.shape),
@@ -474,7 +521,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             mem.temp_size_in_bytes / 2**20,
         )
 
-    data = train_iterator(config, trainer.spec, workdir)
     bad_inputs = skipping.BadInputMonitor(config.input.get("max_bad_fraction", 0.05))
     model_inputs = tuple(trainer.abstract_batch())
     ckpts = checkpoint.RunCheckpoints.from_config(workdir, config)

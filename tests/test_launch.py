@@ -5,6 +5,7 @@ work: they are run here with bash against a fake home, venv and uv (no cloud acc
 import json
 import os
 import shlex
+import site
 import subprocess
 import sys
 import tarfile
@@ -230,15 +231,27 @@ def bash(script, home, **env):
     return subprocess.run(["bash", "-c", script], env=full, capture_output=True, text=True)
 
 
+def fake_uv() -> str:
+    """A stand-in for uv whose ``venv`` makes a real venv of this interpreter that sees this
+    test's packages wherever they are installed (system Python or a virtual environment)."""
+    base = os.path.dirname(os.path.realpath(sys.executable))
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    packages = " ".join(shlex.quote(p) for p in site.getsitepackages())
+    return (
+        '#!/bin/sh\necho "$@" >> "$UV_LOG"\n'
+        'if [ "$1" = venv ]; then\n'
+        f'  mkdir -p "$4/bin" "$4/lib/{version}/site-packages"\n'
+        f'  ln -s {shlex.quote(sys.executable)} "$4/bin/python"\n'
+        f'  printf "home = %s\\n" {shlex.quote(base)} > "$4/pyvenv.cfg"\n'
+        f'  printf "%s\\n" {packages} > "$4/lib/{version}/site-packages/outer.pth"\n'
+        "fi\n"
+    )
+
+
 def test_setup_script_unpacks_the_bundle_and_builds_the_venv(tmp_path):
     home, tools = tmp_path / "home dir", tmp_path / "tools"
     uv_log = tmp_path / "uv.log"
-    write_executable(
-        tools / "uv",
-        '#!/bin/sh\necho "$@" >> "$UV_LOG"\n'
-        f'if [ "$1" = venv ]; then mkdir -p "$4/bin" && ln -s {shlex.quote(sys.executable)} '
-        '"$4/bin/python"; fi\n',
-    )
+    write_executable(tools / "uv", fake_uv())
     (home / "src").mkdir(parents=True)
     (home / "src" / "requirements.txt").write_text("jax==0.10.2\n")
     with tarfile.open(home / commands.BUNDLE_NAME, "w:gz") as tar:

@@ -546,10 +546,57 @@ def open_source(config, split: str):
             "'folder' a directory with one folder per split), or use "
             "--config.input.dataset=embedded for the bundled photos."
         )
+    if not os.path.isdir(data_dir):
+        raise errors.DataError(
+            f"--config.input.data_dir={data_dir} does not exist; pass the directory that holds "
+            f"the {name!r} data."
+        )
     if name == "folder":
-        return ImageFolder(os.path.join(data_dir, split))
+        split_dir = os.path.join(data_dir, split)
+        if not os.path.isdir(split_dir):
+            raise errors.DataError(
+                f"{data_dir} has no folder {split!r} for split {split!r} (folders there: "
+                f"{sorted(os.listdir(data_dir))}); the 'folder' dataset reads "
+                "data_dir/<split>/<class>/<image>."
+            )
+        return ImageFolder(split_dir)
+    return _tfds_source(name, split, data_dir)
+
+
+def _tfds_source(name: str, split: str, data_dir: str):
+    """``tfds.data_source`` of a prepared ArrayRecord build. Asked for a build that is not
+    there, tfds would start downloading and preparing it; here that is an error naming the
+    fix."""
     import tensorflow_datasets as tfds  # Only for real datasets.
 
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise errors.DataError(
+            f"no dataset {name!r} in tfds or in {data_dir}; check --config.input.dataset "
+            "(a tfds name, 'folder' or 'embedded')."
+        ) from e
+    prepare = (
+        f"prepare it with `tfds build {name} --data_dir={data_dir} --file_format=array_record`"
+    )
+    if not builder.is_prepared():
+        raise errors.DataError(
+            f"no prepared tfds dataset {name!r} in {data_dir} (looked for "
+            f"{builder.data_dir}/dataset_info.json); {prepare}, or pass the --config.input."
+            "data_dir that holds it."
+        )
+    splits = sorted(builder.info.splits.keys())
+    if split not in splits:
+        raise errors.DataError(
+            f"the {name!r} build in {builder.data_dir} has no split {split!r} (it has "
+            f"{splits}); set the split in the config (e.g. --config.input.split=...)."
+        )
+    file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if file_format != "array_record":
+        raise errors.DataError(
+            f"the {name!r} build in {builder.data_dir} is stored as {file_format}; random "
+            f"access needs ArrayRecord: {prepare}."
+        )
     return tfds.data_source(name, split=split, data_dir=data_dir)
 
 

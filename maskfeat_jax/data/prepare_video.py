@@ -18,6 +18,7 @@ Input layouts:
 
 Classes are the sorted unique names, a label is the index of its name. ``--classes`` (one
 name per line) fixes the list instead, so that splits prepared separately agree on indices.
+The first labelled split written to ``out`` leaves its list in ``out/classes.txt`` for that.
 A record's ``id`` is the file's path relative to ``videos_dir``.
 
 Plan: the sorted videos are cut, in order, into shards of about ``--shard_size_mb`` of
@@ -62,6 +63,7 @@ __all__ = [
 ]
 
 PLAN_FORMAT = "maskfeat-video-plan/1"
+CLASS_LIST = "classes.txt"  # written next to the splits by the first labelled one
 DEFAULT_EXTENSIONS = ("mp4", "webm", "mkv", "avi", "mov", "m4v")
 _MB = 1024 * 1024
 _SHOWN = 5  # how many offending names an error message lists
@@ -526,6 +528,7 @@ def prepare(
     results.update(_write_shards(videos_dir, out, todo, workers, progress, plan))
 
     failures = list(inputs.missing) + [f for r in results.values() for f in r["failures"]]
+    _write_class_list(out, inputs.classes)
     return video_records.write_info(
         out,
         split,
@@ -533,6 +536,17 @@ def prepare(
         inputs.classes,
         sorted(failures, key=_by_path),
     )
+
+
+def _write_class_list(out: str, classes: Sequence[str]) -> None:
+    """``out/classes.txt``, written by the first labelled split: the ``--classes`` file that
+    gives the other splits the same label indices."""
+    path = os.path.join(out, CLASS_LIST)
+    if classes and not os.path.exists(path):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write("".join(f"{name}\n" for name in classes))
+        os.replace(tmp, path)
 
 
 def _write_shards(videos_dir, out, todo, workers, progress, plan) -> dict[int, dict[str, Any]]:

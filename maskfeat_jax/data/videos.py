@@ -418,7 +418,15 @@ def open_source(config, workdir: str | None, split: str):
             "`python -m maskfeat_jax.data.prepare_video`; pass --config.input.data_dir=DIR "
             "(or use --config.input.dataset=embedded for the bundled videos)"
         )
-    return video_records.VideoRecords(data_dir, split)
+    elif not os.path.isdir(data_dir):
+        raise errors.DataError(
+            f"--config.input.data_dir={data_dir} does not exist; pass the directory that "
+            "`python -m maskfeat_jax.data.prepare_video --out DIR` wrote."
+        )
+    try:
+        return video_records.VideoRecords(data_dir, split)
+    except video_records.DatasetInfoError as e:
+        raise errors.DataError(str(e)) from e
 
 
 def iterator_from_config(

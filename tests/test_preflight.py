@@ -1,0 +1,143 @@
+"""A run checks what needs no model before it compiles, and stops with one line naming the fix."""
+
+import json
+import os
+import time
+
+import grain
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import common, demo, in1k_vit_b_finetune
+from maskfeat_jax import checkpoint, errors, preflight
+from tests import tfds_fixture
+from tests.runs import run_main
+
+# What a run logs once the step is compiled: a refusal must come before it.
+COMPILED = "Step memory per device"
+
+
+def refused(result, seconds: float | None = None):
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr and COMPILED not in result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+def timed_run(*args, **kwargs):
+    start = time.perf_counter()
+    result = run_main(*args, **kwargs)
+    return result, time.perf_counter() - start
+
+
+@pytest.mark.parametrize(
+    "config", ["configs/k400_mvitv2_s_pretrain.py", "configs/k400_mvitv2_l_pretrain.py"]
+)
+def test_empty_video_data_dir_fails_in_seconds_before_compiling(tmp_path, config):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    result, seconds = timed_run(
+        tmp_path / "run", f"--config.input.data_dir={empty}", config=config
+    )
+    line = refused(result)
+    assert line.startswith(f"Data error: no split 'train' in {empty}")
+    assert "python -m maskfeat_jax.data.prepare_video" in line
+    assert seconds < 30, seconds
+
+
+def test_missing_or_empty_image_data_dir_fails_in_seconds_before_compiling(tmp_path):
+    config = "configs/in1k_vit_l_pretrain.py"
+    result, seconds = timed_run(
+        tmp_path / "run", f"--config.input.data_dir={tmp_path}/nowhere", config=config
+    )
+    assert refused(result) == (
+        f"Data error: --config.input.data_dir={tmp_path}/nowhere does not exist; pass the "
+        "directory that holds the 'imagenet2012' data."
+    )
+    assert seconds < 30, seconds
+    empty = tmp_path / "tfds"
+    empty.mkdir()
+    line = refused(run_main(tmp_path / "run", f"--config.input.data_dir={empty}", config=config))
+    assert line.startswith(f"Data error: no prepared tfds dataset 'imagenet2012' in {empty}")
+    assert f"tfds build imagenet2012 --data_dir={empty} --file_format=array_record" in line
+    assert os.listdir(empty) == []  # nothing downloaded or half prepared
+
+
+def test_fine_tuning_checks_its_eval_split_too(tmp_path):
+    tfds_fixture.write_imagenet2012(str(tmp_path / "tfds"), examples_per_split={"train": 8})
+    config = in1k_vit_b_finetune.get_config()
+    config.input.data_dir = str(tmp_path / "tfds")
+    spec = preflight_spec(config)
+    with pytest.raises(errors.DataError, match=r"has no split 'validation' \(it has \['train'\]\)"):
+        preflight.describe_data(config, spec, str(tmp_path))
+    config.eval.split = "train"
+    assert preflight.describe_data(config, spec, str(tmp_path)) == [
+        f"Data: imagenet2012 split 'train' ({tmp_path}/tfds): 8 records."
+    ]
+
+
+def preflight_spec(config):
+    from maskfeat_jax import models
+
+    return models.model_spec(config.model)
+
+
+def test_a_workdir_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    line = refused(run_main(blocker / "run"))
+    assert line.startswith(f"Config error: --workdir {blocker}/run cannot be written")
+
+
+def _fake_checkpoint(workdir, config, step=3):
+    state = nnx.state(nnx.Linear(2, 2, rngs=nnx.Rngs(0)))
+    meta = {"config": json.loads(config.to_json_best_effort())}
+    checkpoint.save_weights(os.path.join(workdir, "checkpoints"), state, meta, step=step)
+
+
+def test_checkpoints_of_another_model_are_refused_before_compiling(tmp_path):
+    saved = demo.get_config("smoke")
+    _fake_checkpoint(tmp_path, saved)
+    assert preflight.check_checkpoints(str(tmp_path), saved) == 3
+    other = demo.get_config("smoke")
+    other.model.depth, other.model.dtype = 3, "bfloat16"  # dtype may change on resume
+    with pytest.raises(errors.ConfigError) as e:
+        preflight.check_checkpoints(str(tmp_path), other)
+    assert str(e.value) == (
+        f"--workdir {tmp_path} holds checkpoints (step 3) of another model: model.depth 2 "
+        "there, 3 here. Rerun with that run's config to resume it, or use a new --workdir "
+        f"(with --config.init_from={tmp_path} to start from its weights)."
+    )
+    line = refused(run_main(tmp_path, "--config.model.depth=3"))
+    assert line.startswith(f"Config error: --workdir {tmp_path} holds checkpoints (step 3)")
+    assert preflight.check_checkpoints(str(tmp_path / "fresh"), saved) is None
+
+
+def test_first_batch_is_read_then_rewound():
+    ds = grain.MapDataset.range(10).map(lambda i: {"x": np.full(2, i)}).batch(3)
+    it = iter(ds.to_iter_dataset())
+    first = preflight.read_first_batch(it)
+    np.testing.assert_array_equal(next(it)["x"], first["x"])
+
+    def broken(_):
+        raise OSError("shard 3 is unreadable\nsecond line")
+
+    it = iter(grain.MapDataset.range(4).map(broken).to_iter_dataset())
+    with pytest.raises(errors.DataError) as e:
+        preflight.read_first_batch(it)
+    assert str(e.value) == "the first training batch could not be read: OSError: shard 3 is unreadable"
+
+
+def test_first_log_lines_name_the_data_and_the_outputs(tmp_path):
+    result = run_main(tmp_path, "--config.total_steps=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    logged = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if "] " in line]
+    outputs = next(i for i, line in enumerate(logged) if line.startswith("Outputs: "))
+    assert logged[outputs] == (
+        f"Outputs: {tmp_path} (checkpoints/, metrics.jsonl, tensorboard/, pictures/)."
+    )
+    assert logged[outputs + 1] == "Data: embedded split 'train' (bundled): 18 records."
+    assert logged.index(logged[outputs + 1]) < next(
+        i for i, line in enumerate(logged) if line.startswith(COMPILED)
+    )
+    assert common  # the configs package is importable here
