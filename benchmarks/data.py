@@ -452,21 +452,17 @@ def breakdown(data_dir: str, clips: int, thread_type: str = "SLICE", seed: int =
     for index in range(clips):
         index = index % len(source)
         record = _timed(ours, "read record", lambda: video_records.decode_record(source[index]))
-        indices = video_decode.clip_frame_indices(
-            record["num_frames"],
-            num_frames=NUM_FRAMES,
-            stride=STRIDE,
-            fps=record["fps"],
-            target_fps=TARGET_FPS,
-            rng=rng,
+        timeline = video_decode.Timeline.of_record(record)
+        times = video_decode.clip_times(
+            timeline, num_frames=NUM_FRAMES, stride=STRIDE, target_fps=TARGET_FPS, rng=rng
         )
         frames = _timed(
             ours,
             "decode (+RGB of kept frames)",
             video_decode.decode_images,
             record["video"],
-            indices,
-            record["fps"],
+            times,
+            timeline,
         )
         box = images.sample_crop_box(rng, *sampling.scaled_size(record), SCALE, RATIO)
         flip = rng.random() < 0.5

@@ -178,7 +178,8 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
         frame_stride=4,  # 16 frames x stride 4 of a 30 fps timeline
         target_fps=30.0,
         short_side=320,  # the reference trains on videos scaled to a 320 px short side
-        min_frames=placeholder(int),  # shorter videos are skipped (None: num_frames)
+        min_frames=placeholder(int),  # shorter videos are left out (None: none are)
+        short_videos="pad",  # videos shorter than a clip: "pad" (SlowFast) or "loop"
     )
     c.optim.update(base_lr=1e-4, lr_batch_reference=32, warmup_epochs=10)
     return c

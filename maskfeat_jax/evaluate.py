@@ -8,6 +8,11 @@ that all hosts run the same number of steps; the jitted step returns each batch'
 probabilities replicated, so every host sees every view and aggregates the same numbers.
 Results go to ``workdir/eval/<split>_step<N>.json`` and ``workdir/results.json``.
 
+Examples that give no valid view (unreadable, or left out by the config) are dropped from
+the accuracy, whose denominator is the examples actually evaluated; the log line and the
+results say how many examples and views were used out of how many, and name the dropped
+ones with their reasons (gathered from every host).
+
 Standalone: ``python -m maskfeat_jax.evaluate --config configs/x.py --workdir DIR`` evaluates
 the latest checkpoint of ``DIR`` (or ``--checkpoint PATH``).
 """
@@ -26,6 +31,7 @@ from absl import logging
 from flax import nnx
 
 from maskfeat_jax import files, objectives, sharding
+from maskfeat_jax.data import skipping
 
 
 @dataclasses.dataclass
@@ -40,12 +46,16 @@ class ViewAccumulator:
     labels: dict[int, int] = dataclasses.field(default_factory=dict)
     views: dict[int, int] = dataclasses.field(default_factory=dict)
     invalid_views: int = 0
+    # Every view of a real example (id >= 0; padding is -1), valid or not.
+    all_views: dict[int, int] = dataclasses.field(default_factory=dict)
 
     def add(self, probs: np.ndarray, ids: np.ndarray, labels: np.ndarray, valid: np.ndarray):
         probs = np.asarray(probs, np.float64)
         if probs.ndim != 2 or probs.shape[1] != self.num_classes:
             raise ValueError(f"probs must be [B, {self.num_classes}], got {probs.shape}")
         for p, i, y, ok in zip(probs, np.asarray(ids), np.asarray(labels), np.asarray(valid)):
+            if int(i) >= 0:
+                self.all_views[int(i)] = self.all_views.get(int(i), 0) + 1
             if not ok:
                 self.invalid_views += 1
                 continue
@@ -62,6 +72,8 @@ class ViewAccumulator:
             "num_examples": len(ids),
             "num_views": int(sum(self.views.values())),
             "invalid_views": self.invalid_views,
+            "examples_total": len(self.all_views),
+            "views_total": int(sum(self.all_views.values())),
         }
         if not ids:
             return out
@@ -77,6 +89,10 @@ class ViewAccumulator:
         out["views_per_example_min"] = int(np.nonzero(counts)[0].min())
         out["views_per_example_max"] = int(len(counts) - 1)
         return out
+
+    def dropped(self) -> list[int]:
+        """The examples that had views but no valid one."""
+        return sorted(set(self.all_views) - set(self.sums))
 
 
 def eval_split(config: ml_collections.ConfigDict) -> str:
@@ -115,6 +131,7 @@ def eval_iterator(
             num_clips=int(ev.get("num_clips", 10)),
             num_crops=int(ev.get("num_crops", 1)),
             min_frames=inp.get("min_frames", None),
+            short_videos=inp.get("short_videos", "pad"),
             **shard,
             **workers,
         )
@@ -166,8 +183,10 @@ def run_eval(
     plain = ViewAccumulator(num_classes)
     ema = ViewAccumulator(num_classes)
     skipped = 0
+    reasons: dict[int, dict[str, str]] = {}  # this host's: example id -> kind, reason
     for host_batch in batches:
         skipped += int(np.sum(host_batch.get("skipped", 0)))
+        _collect_reasons(host_batch, id_key, reasons)
         feed = {
             "image": host_batch["image"],
             "id": np.asarray(host_batch[id_key], np.int32),
@@ -182,7 +201,63 @@ def run_eval(
     if ema.sums:
         result.update({f"ema_{k}": v for k, v in ema.result().items() if k.startswith("top")})
     result["unreadable_inputs_this_host"] = skipped
+    reasons = _from_all_hosts(reasons)
+    result["dropped"] = [
+        {"index": i, **reasons.get(i, {"kind": "unknown", "reason": "no valid view"})}
+        for i in plain.dropped()
+    ]
+    result["num_dropped"] = len(result["dropped"])
+    result["summary"] = coverage_line(result, "videos" if id_key == "video_index" else "images")
     return result
+
+
+def _collect_reasons(host_batch: Mapping[str, Any], id_key: str, out: dict) -> None:
+    """Why this host's invalid views of real examples are invalid (first reason per id)."""
+    valid = np.asarray(host_batch["valid"], bool).reshape(-1)
+    if valid.all():
+        return
+    ids = np.asarray(host_batch[id_key]).reshape(-1)
+    size = len(ids)
+    texts = np.asarray(host_batch.get("skipped_ids", [""] * size)).reshape(-1)
+    excluded = np.asarray(host_batch.get("excluded", np.zeros(size))).reshape(-1)
+    for i, ok, text, left_out in zip(ids, valid, texts, excluded):
+        if ok or int(i) < 0 or int(i) in out:
+            continue
+        _, reason = skipping.record_key(str(text).strip())
+        kind = "excluded" if left_out else "unreadable"
+        out[int(i)] = {"kind": kind, "reason": reason or "no valid view"}
+
+
+def _from_all_hosts(local: dict[int, dict[str, str]]) -> dict[int, dict[str, str]]:
+    """The union of every host's ``local`` (each host reads its own share of the views)."""
+    if jax.process_count() == 1:
+        return local
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(local).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: data.size] = data
+    rows = np.asarray(multihost_utils.process_allgather(padded))
+    merged: dict[int, dict[str, str]] = {}
+    for size, row in zip(sizes.reshape(-1), rows.reshape(len(sizes.reshape(-1)), -1)):
+        for key, value in json.loads(bytes(row[: int(size)]).decode()).items():
+            merged.setdefault(int(key), value)
+    return merged
+
+
+def coverage_line(result: Mapping[str, Any], noun: str) -> str:
+    """The coverage of a ``run_eval`` result in one line: `Evaluated 20 of 23 videos (200 of
+    230 views); 3 dropped: x.mp4 (truncated ...), ...`."""
+    line = (
+        f"Evaluated {result['num_examples']} of {result['examples_total']} {noun} "
+        f"({result['num_views']} of {result['views_total']} views)"
+    )
+    dropped = result.get("dropped", [])
+    if not dropped:
+        return line + "; none dropped"
+    named = skipping.describe_records({f"record {d['index']}": d["reason"] for d in dropped})
+    return f"{line}; {len(dropped)} dropped: {named}"
 
 
 def write_results(workdir: str, split: str, step: int, result: Mapping[str, Any]) -> str:
@@ -236,11 +311,16 @@ class Evaluator:
         if self.workdir:
             write_results(self.workdir, split, step, result)
         logging.info(
-            "eval %s at step %d: %s",
+            "eval %s at step %d: %s. %s.",
             split,
             step,
             ", ".join(f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float)),
+            result["summary"],
         )
+        for d in result["dropped"]:
+            logging.warning(
+                "eval %s: dropped record %d (%s): %s", split, d["index"], d["kind"], d["reason"]
+            )
         return result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import re
 import time
@@ -474,6 +475,44 @@ def initial_state(
     return state, rng, 0, "from scratch"
 
 
+class _DataPosition:
+    """A data iterator's state from before the batch that stopped the run, to checkpoint
+    in its place (grain saves an object other than its own iterator by ``get_state()``,
+    the state as JSON bytes, and restores it into the iterator as usual)."""
+
+    def __init__(self, state: Any):
+        self.state = state
+
+    def get_state(self) -> bytes:
+        return json.dumps(self.state, indent=4).encode()
+
+
+def _wait_for_device(state: Any) -> None:
+    """Blocks until the steps already dispatched have finished (a no-op when they have)."""
+    try:
+        jax.block_until_ready(state)
+    except RuntimeError as e:  # e.g. arrays donated to a step that failed: nothing runs
+        logging.warning("Not waiting for the last step: %s: %s", type(e).__name__, e)
+
+
+def _save_before_stop(ckpts, step, state, data_position, rng, config) -> str:
+    """Saves ``step`` (the last finished one) so that the run can continue once the data is
+    fixed; says where, for the one-line error."""
+    if step < 1:
+        return "No step had finished, so there is no checkpoint."
+    if jax.process_count() > 1:
+        # The other processes are inside the next step and cannot join a save.
+        return (
+            f"Stopped after step {step} on process {jax.process_index()}; no checkpoint was saved."
+        )
+    ckpts.save(step, state, data=data_position, rng=rng, config=config, force=True)
+    ckpts.wait_until_finished()
+    return (
+        f"Stopped after step {step}: checkpoint {ckpts.directory}/{step} is saved, and the same "
+        "command continues from it."
+    )
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Pretrains as the config says; resumes from ``workdir/checkpoints`` if a run was cut
     short; returns the last logged metrics (with ``preempted`` = 1.0 if it stopped early)."""
@@ -502,6 +541,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     for line in preflight.describe_data(config, spec, workdir):
         logging.info(line)
     data = train_iterator(config, spec, workdir)
+    try:
+        return _train(config, workdir, data)
+    finally:
+        # Prefetch threads and worker processes stop here, however the run ends, not
+        # during interpreter teardown.
+        close = getattr(data, "close", None)
+        if close is not None:
+            close()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, data: Any) -> dict[str, float]:
+    """``run`` from the first batch on: compiles, restores or initializes, trains."""
     preflight.read_first_batch(data)
     trainer = build_trainer(config)
     logging.info("Config:\n%s", config)
@@ -562,7 +613,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     try:
         for step in range(start + 1, trainer.total_steps + 1):
             t_wait = time.perf_counter()
-            host_batch = bad_inputs.observe(next(data))
+            position = data.get_state()
+            try:
+                host_batch = bad_inputs.observe(next(data))
+            except skipping.TooManyBadInputs as e:
+                where = _save_before_stop(
+                    ckpts, step - 1, state, _DataPosition(position), rng, config
+                )
+                logging.error("%s %s", e, where)
+                raise skipping.TooManyBadInputs(f"{e} {where}") from e
             batch = sharding.to_global(
                 {k: host_batch[k] for k in model_inputs}, trainer.batch_sharding
             )
@@ -572,6 +631,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
             if step == start + 1 or step % every == 0 or step == trainer.total_steps:
                 last = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 last["skipped_inputs"] = float(bad_inputs.skipped)
+                last["excluded_inputs"] = float(bad_inputs.excluded)
                 now = time.perf_counter()
                 if t_last is not None:  # the first step includes warm-up; time from there on
                     last["steps_per_sec"] = (step - step_last) / (now - t_last)
@@ -597,7 +657,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
                     step,
                     {f"eval_{k}": v for k, v in result.items() if k.startswith(("top", "ema_top"))},
                 )
-                last.update({f"eval_{k}": float(v) for k, v in result.items()})
+                last.update(
+                    {
+                        f"eval_{k}": float(v)
+                        for k, v in result.items()
+                        if isinstance(v, (int, float))  # not the dropped list or summary
+                    }
+                )
             # The save policy already asks Orbax about preemption every step; ask again only
             # when it saved, to learn whether that save was the preemption one.
             stop = sigterm.requested
@@ -619,6 +685,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
         ckpts.wait_until_finished()
         logging.info("Checkpoints in %s: steps %s", ckpts.directory, ckpts.all_steps())
     finally:
+        # The step dispatched last may still be running on XLA's threads when an error
+        # leaves the loop; exiting the process under it crashes (SIGSEGV in its kernels).
+        _wait_for_device(state)
         sigterm.close()
         ckpts.close()
         log.close()

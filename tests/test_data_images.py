@@ -218,7 +218,15 @@ def test_hflip_happens_about_half_the_time():
 def test_batch_shapes_dtypes_and_values(photos):
     batches = take(_dataset(photos, per_host_batch=8), 3)
     for b in batches:
-        assert set(b) == {"image", "mask", "label", "skipped", "skipped_ids"}
+        assert set(b) == {
+            "image",
+            "mask",
+            "label",
+            "skipped",
+            "skipped_ids",
+            "excluded",
+            "excluded_ids",
+        }
         assert b["image"].shape == (8, SIZE, SIZE, 3)
         assert b["image"].dtype == np.uint8
         assert b["mask"].shape == (8, 4, 4) and b["mask"].dtype == bool

@@ -65,6 +65,12 @@ def _psnr(a, b):
     return 10 * np.log10(255.0**2 / mse)
 
 
+def _decode_at(record, indices):
+    """Frames at positions ``indices`` of a constant-rate record's timeline."""
+    timeline = video_decode.Timeline.of_record(record)
+    return video_decode.decode_frames(record["video"], np.asarray(indices) / timeline.fps, timeline)
+
+
 def _labelled_records(source, n):
     """n in-memory records that all hold one real video; label i identifies record i."""
     record = decode_record(source[0])
@@ -115,7 +121,7 @@ def test_decoded_frames_are_the_rendered_frames(train_source):
             idx = video_decode.clip_frame_indices(
                 40, num_frames=8, stride=2, fps=30, target_fps=30, rng=rng
             )
-            clip = video_decode.decode_frames(record["video"], idx, record["fps"])
+            clip = _decode_at(record, idx)
             assert clip.shape == (8, 64, 80, 3) and clip.dtype == np.uint8
             np.testing.assert_array_equal(clip, full[idx])
             for t, j in enumerate(idx):
@@ -125,9 +131,7 @@ def test_decoded_frames_are_the_rendered_frames(train_source):
                 checked += 1
         # Indices out of order and repeated come back in that order.
         idx = np.array([33, 2, 2, 39])
-        np.testing.assert_array_equal(
-            video_decode.decode_frames(record["video"], idx, 30.0), full[idx]
-        )
+        np.testing.assert_array_equal(_decode_at(record, idx), full[idx])
     # Where the camera moves, a decoded frame is closest to its own rendered frame (near
     # the gentle start and stop, neighbours can tie).
     assert matched >= 0.8 * checked
@@ -168,7 +172,15 @@ def test_short_side_size_floors_the_long_side():
 def test_batch_shapes_dtypes_and_values(train_source):
     batches = take(_dataset(train_source, per_host_batch=3), 2)
     for b in batches:
-        assert set(b) == {"image", "mask", "label", "skipped", "skipped_ids"}
+        assert set(b) == {
+            "image",
+            "mask",
+            "label",
+            "skipped",
+            "skipped_ids",
+            "excluded",
+            "excluded_ids",
+        }
         assert b["image"].shape == (3, FRAMES, SIZE, SIZE, 3) and b["image"].dtype == np.uint8
         assert b["mask"].shape == (3, *GRID) and b["mask"].dtype == bool
         assert b["label"].dtype == np.int32 and ((0 <= b["label"]) & (b["label"] < 21)).all()
@@ -261,7 +273,7 @@ def test_multiprocess_workers_match_in_process(train_source):
 
 @pytest.fixture(scope="module")
 def bad_records(train_source, tmp_path_factory):
-    """Records that must be skipped: empty, not a video, cut short, too few frames."""
+    """Records that must be skipped: empty, not a video, cut short, not a record."""
     good = decode_record(train_source[0])
     frames = _all_frames(good["video"])
     path = str(tmp_path_factory.mktemp("bad") / "front.mp4")
@@ -272,14 +284,20 @@ def bad_records(train_source, tmp_path_factory):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
     front = open(path, "rb").read()  # index first: a cut file still opens
-    short = embedded_video.encode_h264(frames[:3], 30)
     return [
         encode_record("empty.mp4", 0, b"", good),
         encode_record("text.mp4", 0, b"not a video at all" * 20, good),
         encode_record("cut.mp4", 0, front[: len(front) // 2], good),
-        encode_record("short.mp4", 0, short, video_records.probe_video(short)),
         b"\x00garbage record",
     ]
+
+
+@pytest.fixture(scope="module")
+def short_record(train_source):
+    """A playable 3-frame video: shorter than any clip, but not bad."""
+    frames = _all_frames(decode_record(train_source[0])["video"])[:3]
+    short = embedded_video.encode_h264(frames, 30)
+    return encode_record("short.mp4", 0, short, video_records.probe_video(short)), frames
 
 
 def test_each_kind_of_bad_video_is_refused(train_source, bad_records):
@@ -293,26 +311,39 @@ def test_each_kind_of_bad_video_is_refused(train_source, bad_records):
         reasons.append(str(e.value))
     assert "empty.mp4: decoding failed" in reasons[0]
     assert "text.mp4: decoding failed" in reasons[1]
-    assert reasons[2].startswith("cut.mp4: ")
-    assert "short.mp4: too short: 3 frames < 4" in reasons[3]
-    assert "not a video record" in reasons[4]
+    assert reasons[2].startswith("cut.mp4: truncated")
+    assert "not a video record" in reasons[3]
+
+
+def test_short_video_is_padded_or_looped_and_excluded_only_on_request(short_record):
+    record, frames = short_record
+    decoded = _all_frames(decode_record(record)["video"])
+    kw = dict(num_frames=FRAMES, stride=4, target_fps=30, image_size=SIZE, short_side=0)
+    # A 4-frame clip at stride 4 spans 16 positions: 0, 5, 10, 15 of a 3-frame video.
+    for policy, want in (("pad", [0, 2, 2, 2]), ("loop", [0, 2, 1, 0])):
+        _, images = videos.ClipSampling(short_videos=policy, **kw).read([record], 0)
+        np.testing.assert_array_equal(np.stack([np.asarray(i) for i in images]), decoded[want])
+    with pytest.raises(skipping.Excluded, match="3 frames, fewer than config.input.min_frames=4"):
+        videos.ClipSampling(min_frames=4, **kw).read([record], 0)
+    with pytest.raises(ValueError, match="short_videos='wrap' is not one of"):
+        videos.ClipSampling(short_videos="wrap", **kw)
 
 
 def test_bad_records_are_skipped_counted_and_named(train_source, bad_records):
     records = _labelled_records(train_source, 6) + bad_records
-    batches = list(_dataset(records, per_host_batch=11, num_epochs=1))
+    batches = list(_dataset(records, per_host_batch=10, num_epochs=1))
     assert len(batches) == 1
     b = batches[0]
-    assert b["image"].shape[0] == 11 and b["image"].max() > 0  # every slot holds a real clip
+    assert b["image"].shape[0] == 10 and b["image"].max() > 0  # every slot holds a real clip
     assert set(b["label"].tolist()) <= set(range(6))  # bad ones were replaced by good ones
     assert b["skipped"].sum() >= len(bad_records)
     text = "\n".join(b["skipped_ids"].tolist())
-    for name in ("empty.mp4", "text.mp4", "cut.mp4", "short.mp4", "not a video record"):
+    for name in ("empty.mp4", "text.mp4", "cut.mp4", "not a video record"):
         assert name in text
     monitor = skipping.BadInputMonitor(max_fraction=0.5, min_seen=1)
     stripped = monitor.observe(b)
     assert set(stripped) == {"image", "mask", "label"}
-    assert monitor.skipped == b["skipped"].sum() and monitor.seen == 11 + monitor.skipped
+    assert monitor.skipped == b["skipped"].sum() and monitor.seen == 10 + monitor.skipped
     with pytest.raises(skipping.TooManyBadInputs, match="max_bad_fraction=0.2"):
         skipping.BadInputMonitor(max_fraction=0.2, min_seen=1).observe(b)
 

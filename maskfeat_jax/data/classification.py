@@ -189,7 +189,8 @@ def iterator_from_config(
 ):
     """This host's fine-tuning batches as ``config.input`` says: dataset/data_dir/split,
     scale, ratio, hflip, rand_augment, erase_prob, erase_count, repeats, max_retries,
-    worker_count, seed; clips also frame_stride, target_fps, short_side, min_frames."""
+    worker_count, seed; clips also frame_stride, target_fps, short_side, min_frames,
+    short_videos."""
     inp = config.input
     scale = tuple(inp.get("scale", (0.08, 1.0)))
     ratio = tuple(inp.get("ratio", (3 / 4, 4 / 3)))
@@ -201,6 +202,7 @@ def iterator_from_config(
             image_size=spec.image_size,
             short_side=int(inp.get("short_side", 0) or 0),
             min_frames=inp.get("min_frames", None),
+            short_videos=inp.get("short_videos", "pad"),
         )
         source = videos.open_source(config, workdir, inp.get("split", "train"))
         views = ClipViews(source, sampling, scale=scale, ratio=ratio)

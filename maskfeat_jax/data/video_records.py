@@ -10,11 +10,13 @@ A dataset directory holds, per split, shards named like tfds's
 
 Each record is a msgpack map: ``id`` (the source path or name), ``label`` (int, -1 if
 unlabelled), ``video`` (the file's bytes: mp4, webm, ... exactly as downloaded) and what a
-sampler needs without opening the file: ``num_frames`` (counted from the packets),
-``fps``, ``height``, ``width``. Records are written with ``group_size:1`` so grain reads
-any one without decompressing its neighbours. ``probe_video`` checks a file while it is
-stored (container, a video stream, a first frame that decodes); what goes wrong later
-(truncated data) is caught when clips are decoded.
+sampler needs without opening the file: ``num_frames`` (counted from the packets), ``fps``,
+``height``, ``width`` (as shown), the presentation timeline ``start``, ``end``, ``duration``
+(seconds) and the display ``rotation`` (``probe_video``). Records are written with
+``group_size:1`` so grain reads any one without decompressing its neighbours.
+``probe_video`` checks a file while it is stored (container, a video stream, a first frame
+that decodes, how far the end decodes); what goes wrong later is caught when clips are
+decoded.
 """
 
 from __future__ import annotations
@@ -33,17 +35,23 @@ __all__ = [
     "DatasetInfoError",
     "ShardWriter",
     "VideoRecords",
+    "decodable_frames",
     "decode_record",
+    "describe_error",
     "encode_record",
     "info_path",
     "probe_video",
     "read_info",
     "shard_name",
+    "splits_in",
     "write_info",
 ]
 
 FORMAT = "maskfeat-video-records/1"
 _RECORD_KEYS = ("id", "label", "video", "num_frames", "fps", "height", "width")
+# Written since the presentation timeline is sampled; records without them are read as
+# constant frame rate from 0 s, unrotated.
+_TIMELINE_KEYS = ("start", "end", "duration")
 
 
 class BadVideo(ValueError):
@@ -55,10 +63,16 @@ class DatasetInfoError(FileNotFoundError):
 
 
 def probe_video(data: bytes) -> dict[str, Any]:
-    """``{num_frames, fps, height, width}`` of an encoded video, or ``BadVideo`` saying why.
+    """What sampling needs to know of an encoded video, or ``BadVideo`` saying why.
 
-    Frames are counted from the demuxed packets (no decoding); the first frame is decoded
-    to prove the codec can read the stream.
+    ``num_frames`` (frames in the stream), ``fps`` (average rate), ``height`` and ``width``
+    as a player shows them (after ``rotation``), and the presentation timeline in seconds:
+    ``start`` (the first frame's timestamp; files cut from longer ones often start late),
+    ``end`` (the last frame's) and ``duration`` (``end - start`` plus the last frame's
+    duration). ``rotation`` is the counter-clockwise turn, a multiple of 90 degrees, that the
+    display matrix asks a player to apply (phones store portrait video as rotated landscape).
+    Frames and timestamps come from the demuxed packets (no decoding); the first frame is
+    decoded to prove the codec can read the stream.
     """
     import av  # Decoding needs PyAV; reading records does not.
 
@@ -69,26 +83,117 @@ def probe_video(data: bytes) -> dict[str, Any]:
             if not container.streams.video:
                 raise BadVideo("no video stream")
             stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            if not rate or float(rate) <= 0:
-                raise BadVideo("no frame rate")
-            num_frames = sum(1 for packet in container.demux(stream) if packet.size)
-            if num_frames < 1:
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            stamps, durations = [], []
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                stamps.append(stamp)
+                durations.append(packet.duration or 0)
+            if not stamps:
                 raise BadVideo("no frames")
+            fps = float(rate) if rate and float(rate) > 0 else None
+            timeline = _timeline(stamps, durations, float(stream.time_base or 0), fps)
+            if timeline is None:
+                raise BadVideo("no frame rate and no timestamps")
             container.seek(0, stream=stream)
-            first = next(container.decode(stream), None)
+            first = next(decodable_frames(container, stream), None)
             if first is None:
                 raise BadVideo("no frame decodes")
+            rotation = _quarter_turns(first.rotation) * 90
+            height, width = int(first.height), int(first.width)
+            if rotation in (90, 270):
+                height, width = width, height
+            end = _decodable_end(
+                container, stream, max((s for s in stamps if s is not None), default=None)
+            )
+            if end is not None and end < timeline["end"]:
+                # The file was cut (or its tail is damaged): the timeline ends where a player
+                # stops showing new frames.
+                timeline["duration"] -= timeline["end"] - end
+                timeline["end"] = end
             return dict(
-                num_frames=int(num_frames),
-                fps=float(rate),
-                height=int(first.height),
-                width=int(first.width),
+                num_frames=len(stamps),
+                height=height,
+                width=width,
+                rotation=rotation,
+                **timeline,
             )
     except BadVideo:
         raise
     except (av.FFmpegError, StopIteration, ValueError, OSError) as e:
-        raise BadVideo(f"unreadable ({type(e).__name__}: {e})") from e
+        raise BadVideo(f"unreadable ({describe_error(e)})") from e
+
+
+def decodable_frames(container, stream, on_error=None):
+    """The stream's frames from where it was sought, passing over packets that do not
+    decode (``on_error()`` is called for each), as players do."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.InvalidDataError:
+            if on_error is not None:
+                on_error()
+
+
+def _decodable_end(container, stream, last_stamp) -> float | None:
+    """Seconds of the last frame that decodes, from the last key frame on (``None`` if the
+    timestamps are unknown)."""
+    time_base = float(stream.time_base or 0)
+    if last_stamp is None or time_base <= 0:
+        return None
+    container.seek(int(last_stamp), stream=stream, backward=True, any_frame=False)
+    stamps = [f.pts if f.pts is not None else f.dts for f in decodable_frames(container, stream)]
+    stamps = [s for s in stamps if s is not None]
+    return max(stamps) * time_base if stamps else None
+
+
+def _timeline(stamps, durations, time_base: float, fps: float | None) -> dict | None:
+    """``{fps, start, end, duration}`` in seconds from packet timestamps (``None`` where a
+    container gives none: frames are then evenly spaced at ``fps``)."""
+    known = [s for s in stamps if s is not None]
+    if len(known) < len(stamps) or time_base <= 0:
+        if fps is None:
+            return None
+        return dict(fps=fps, start=0.0, end=(len(stamps) - 1) / fps, duration=len(stamps) / fps)
+    order = sorted(range(len(stamps)), key=stamps.__getitem__)
+    start, end = stamps[order[0]] * time_base, stamps[order[-1]] * time_base
+    if end > start:
+        # The header's rate unless the timestamps contradict it (some muxers write the
+        # time base's rate): then the mean spacing of the frames.
+        spaced = (len(stamps) - 1) / (end - start)
+        if fps is None or not 2 / 3 < fps / spaced < 3 / 2:
+            fps = spaced
+    elif fps is None:
+        fps = 1.0
+    last = durations[order[-1]] * time_base
+    return dict(fps=fps, start=start, end=end, duration=end - start + (last or 1.0 / fps))
+
+
+def _quarter_turns(degrees) -> int:
+    """Display rotation (degrees, counter-clockwise) as quarter turns 0..3; other angles,
+    which no camera writes, are shown as stored."""
+    if degrees is None:
+        return 0
+    turns = round(float(degrees) / 90.0)
+    return turns % 4 if abs(float(degrees) - 90.0 * turns) < 1.0 else 0
+
+
+def describe_error(e: BaseException) -> str:
+    """An exception in words: FFmpeg's own message without its error number and the
+    ``'<none>'`` it names an in-memory file by; other errors with their type."""
+    import av
+
+    if isinstance(e, av.FFmpegError) and e.strerror:
+        return str(e.strerror)
+    text = str(e)
+    for suffix in (": '<none>'", ": <none>"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    return f"{type(e).__name__}: {text}"
 
 
 def encode_record(id: str, label: int, video: bytes, meta: Mapping[str, Any]) -> bytes:
@@ -102,6 +207,9 @@ def encode_record(id: str, label: int, video: bytes, meta: Mapping[str, Any]) ->
         height=int(meta["height"]),
         width=int(meta["width"]),
     )
+    record.update({k: float(meta[k]) for k in _TIMELINE_KEYS if k in meta})
+    if "rotation" in meta:
+        record["rotation"] = int(meta["rotation"])
     return msgpack.packb(record, use_bin_type=True)
 
 
@@ -185,15 +293,30 @@ def write_info(
     return info
 
 
+def splits_in(data_dir: str) -> list[str]:
+    """Names of the splits in ``data_dir``: the ``*.json`` files that are split infos
+    (preparation plans and shard sidecars are JSON too)."""
+    if not os.path.isdir(data_dir):
+        return []
+    found = []
+    for name in sorted(os.listdir(data_dir)):
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(data_dir, name)) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("format") == FORMAT:
+            found.append(name[: -len(".json")])
+    return found
+
+
 def read_info(data_dir: str, split: str) -> dict[str, Any]:
     """The split's info, after checking that every listed shard exists."""
     path = info_path(data_dir, split)
     if not os.path.isfile(path):
-        present = (
-            sorted(f[:-5] for f in os.listdir(data_dir) if f.endswith(".json"))
-            if (os.path.isdir(data_dir))
-            else []
-        )
+        present = splits_in(data_dir)
         raise DatasetInfoError(
             f"no split {split!r} in {data_dir} (missing {path}; splits there: {present}). "
             "Make one with `python -m maskfeat_jax.data.prepare_video --videos_dir ... "

@@ -16,9 +16,10 @@ std 0.225) happens on the device, with 4x less host-to-device traffic.
       .to_iter_dataset(ReadOptions(...))         # [.mp_prefetch(...) with workers]
 
 Elements: ``{"image": uint8 [B, T, S, S, 3], "mask": bool [B, gt, gh, gw], "label": int32
-[B], "skipped": int32 [B], "skipped_ids": str [B]}``; a bad record is replaced by another
-one drawn from the element's generator and reported in the last two fields
-(``skipping``). The iterator supports grain's ``get_state()`` / ``set_state()``.
+[B], "skipped": int32 [B], "skipped_ids": str [B], "excluded", "excluded_ids"}``; a bad
+record (or one ``min_frames`` leaves out) is replaced by another one drawn from the
+element's generator and reported in the last four fields (``skipping``). The iterator
+supports grain's ``get_state()`` / ``set_state()``.
 
 Evaluation (multi-view testing): every video gives ``num_clips`` uniformly spaced clips x
 ``num_crops`` spatial crops (1: centre; 3: both ends and the centre of the long side) of
@@ -47,7 +48,13 @@ from maskfeat_jax.data.images import (
     finite_stream,
     sample_crop_box,
 )
-from maskfeat_jax.data.video_decode import clip_frame_indices, decode_images, short_side_size
+from maskfeat_jax.data.video_decode import (
+    SHORT_VIDEO_POLICIES,
+    Timeline,
+    clip_times,
+    decode_images,
+    short_side_size,
+)
 from maskfeat_jax.data.video_records import BadVideo, decode_record
 
 __all__ = [
@@ -65,7 +72,12 @@ MaskFn = Callable[[np.random.Generator], np.ndarray]
 
 
 class ClipSampling:
-    """Which frames a clip takes and at what size they come out (shared by train and eval)."""
+    """Which frames a clip takes and at what size they come out (shared by train and eval).
+
+    ``short_videos``: what a video shorter than a clip gives (``video_decode``): "pad"
+    (SlowFast's rule: the last frame repeats) or "loop". ``min_frames``: videos with fewer
+    frames are left out on purpose (``skipping.Excluded``, not counted as bad); default 1.
+    """
 
     def __init__(
         self,
@@ -76,6 +88,7 @@ class ClipSampling:
         image_size: int,
         short_side: int,
         min_frames: int | None = None,
+        short_videos: str = "pad",
     ):
         for name, value in (
             ("num_frames", num_frames),
@@ -89,40 +102,59 @@ class ClipSampling:
                 f"target_fps must be > 0 and short_side >= 0 (0 keeps the decoded size), got "
                 f"{target_fps} and {short_side}"
             )
+        if short_videos not in SHORT_VIDEO_POLICIES:
+            raise errors.ConfigError(
+                f"config.input.short_videos={short_videos!r} is not one of "
+                f"{SHORT_VIDEO_POLICIES} ('pad' repeats the last frame, as SlowFast does)"
+            )
+        if min_frames is not None and (int(min_frames) != min_frames or min_frames < 1):
+            raise errors.ConfigError(
+                f"config.input.min_frames must be a positive int or None, got {min_frames!r}"
+            )
         self.num_frames, self.stride = int(num_frames), int(stride)
         self.target_fps, self.image_size = float(target_fps), int(image_size)
         self.short_side = int(short_side)
-        self.min_frames = self.num_frames if min_frames is None else int(min_frames)
+        self.min_frames = 1 if min_frames is None else int(min_frames)
+        self.short_videos = short_videos
 
     def read(self, source, index: int, rng=None, clip_index: int = 0, num_clips: int = 1):
-        """(record, RGB PIL images of one clip); ``BadVideo`` names the record."""
+        """(record, RGB PIL images of one clip, upright); ``BadVideo`` or
+        ``skipping.Excluded`` names the record."""
         record = decode_record(source[index])
+        if record["num_frames"] < self.min_frames:
+            raise skipping.Excluded(
+                f"{record['id']}: {record['num_frames']} frames, fewer than "
+                f"config.input.min_frames={self.min_frames}"
+            )
         try:
-            if record["num_frames"] < self.min_frames:
-                raise BadVideo(f"too short: {record['num_frames']} frames < {self.min_frames}")
-            indices = clip_frame_indices(
-                record["num_frames"],
+            timeline = Timeline.of_record(record)
+            times = clip_times(
+                timeline,
                 num_frames=self.num_frames,
                 stride=self.stride,
-                fps=record["fps"],
                 target_fps=self.target_fps,
                 rng=rng,
                 clip_index=clip_index,
                 num_clips=num_clips,
+                short_videos=self.short_videos,
             )
-            frames = decode_images(record["video"], indices, record["fps"])
+            frames = decode_images(record["video"], times, timeline)
         except BadVideo as e:
             raise BadVideo(f"{record['id']}: {e}") from e
         return record, frames
 
     def resample(
-        self, frames: Sequence[Image.Image], box: tuple[int, int, int, int], flip: bool = False
+        self,
+        frames: Sequence[Image.Image],
+        box: tuple[int, int, int, int],
+        flip: bool = False,
+        scaled: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """Crops ``box`` = (top, left, h, w), given on the short-side-scaled frame, from the
-        decoded frames, resizes it to ``image_size`` (bilinear) and optionally mirrors it:
-        uint8 [T, S, S, 3]."""
+        """Crops ``box`` = (top, left, h, w), given on the frame scaled to ``scaled`` (h, w;
+        default ``scaled_size``), from the decoded frames, resizes it to ``image_size``
+        (bilinear) and optionally mirrors it: uint8 [T, S, S, 3]."""
         width, height = frames[0].size
-        scaled_h, scaled_w = short_side_size(height, width, self.short_side)
+        scaled_h, scaled_w = scaled or short_side_size(height, width, self.short_side)
         sy, sx = height / scaled_h, width / scaled_w
         top, left, h, w = box
         source_box = (left * sx, top * sy, min((left + w) * sx, width), min((top + h) * sy, height))
@@ -137,6 +169,14 @@ class ClipSampling:
 
     def scaled_size(self, record: dict[str, Any]) -> tuple[int, int]:
         return short_side_size(record["height"], record["width"], self.short_side)
+
+    def eval_size(self, record: dict[str, Any]) -> tuple[int, int]:
+        """The scaled size, enlarged (aspect kept) where its short side is below the crop, so
+        that small videos are evaluated like the training path treats them: resized up."""
+        height, width = self.scaled_size(record)
+        if min(height, width) < self.image_size:
+            return short_side_size(height, width, self.image_size)
+        return height, width
 
 
 class VideoTrainTransform(grain.transforms.RandomMap):
@@ -223,6 +263,7 @@ class VideoEvalTransform(grain.transforms.Map):
             "video_index": np.int32(-1),
             "valid": False,
             "skipped": np.int32(0),
+            "excluded": np.int32(0),
             "skipped_ids": "",
         }
         if view < 0:
@@ -237,8 +278,16 @@ class VideoEvalTransform(grain.transforms.Map):
         except BadVideo as e:
             element.update(skipped=np.int32(1), skipped_ids=f"record {video}: {e}")
             return element
-        box = uniform_crop_box(*s.scaled_size(record), s.image_size, crop_index, self.num_crops)
-        element.update(image=s.resample(frames, box), label=np.int32(record["label"]), valid=True)
+        except skipping.Excluded as e:
+            element.update(excluded=np.int32(1), skipped_ids=f"record {video}: {e}")
+            return element
+        scaled = s.eval_size(record)
+        box = uniform_crop_box(*scaled, s.image_size, crop_index, self.num_crops)
+        element.update(
+            image=s.resample(frames, box, scaled=scaled),
+            label=np.int32(record["label"]),
+            valid=True,
+        )
         return element
 
 
@@ -271,6 +320,7 @@ def make_video_pretrain_dataset(
     target_fps: float = 30.0,
     short_side: int = 0,
     min_frames: int | None = None,
+    short_videos: str = "pad",
     shard_index: int = 0,
     shard_count: int = 1,
     scale: tuple[float, float] = (0.5, 1.0),
@@ -296,7 +346,9 @@ def make_video_pretrain_dataset(
       seed: pipeline seed (shuffle, clip starts, crops, flips, masks derive from it).
       short_side: frames are scaled so their short side is this before cropping (0: as
         decoded, e.g. for videos stored at 320 px).
-      min_frames: videos with fewer frames are skipped as too short (default T).
+      min_frames: videos with fewer frames are left out (``skipping.Excluded``; default 1).
+      short_videos: "pad" (SlowFast: the last frame repeats) or "loop" for videos shorter
+        than a clip.
       shard_index, shard_count: this host's slice of the global stream.
       scale, ratio: RandomResizedCrop area fraction and aspect (w/h) ranges.
       hflip: flip whole clips horizontally with p=0.5.
@@ -312,6 +364,7 @@ def make_video_pretrain_dataset(
         image_size=image_size,
         short_side=short_side,
         min_frames=min_frames,
+        short_videos=short_videos,
     )
     _check_video_grid(_mask_grid(mask_generator), num_frames, image_size)
     if per_host_batch < 1:
@@ -357,6 +410,7 @@ def make_video_eval_dataset(
     num_clips: int = 10,
     num_crops: int = 1,
     min_frames: int | None = None,
+    short_videos: str = "pad",
     shard_index: int = 0,
     shard_count: int = 1,
     worker_count: int = 0,
@@ -377,6 +431,7 @@ def make_video_eval_dataset(
         image_size=image_size,
         short_side=short_side,
         min_frames=min_frames,
+        short_videos=short_videos,
     )
     transform = VideoEvalTransform(source, sampling, num_clips=num_clips, num_crops=num_crops)
     views = eval_indices(
@@ -443,7 +498,7 @@ def iterator_from_config(
     """This host's training clip batches as the config says (used by video training).
 
     ``config.input``: dataset/data_dir/split (``open_source``), frame_stride, target_fps,
-    short_side, min_frames, scale, ratio, hflip, max_retries, worker_count, seed (else
+    short_side, min_frames, short_videos, scale, ratio, hflip, max_retries, worker_count, seed (else
     ``config.seed``); ``config.mask`` (kind 'cube'; grid None -> ``mask_grid``). Returns
     grain's checkpointable ``DatasetIterator``.
     """
@@ -471,6 +526,7 @@ def iterator_from_config(
         target_fps=float(inp.get("target_fps", 30.0)),
         short_side=int(inp.get("short_side", 0) or 0),
         min_frames=inp.get("min_frames", None),
+        short_videos=inp.get("short_videos", "pad"),
         shard_index=shard_index,
         shard_count=shard_count,
         scale=tuple(inp.get("scale", (0.5, 1.0))),
