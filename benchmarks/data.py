@@ -13,7 +13,7 @@ of 120 frames at 240 x 320, H.264 with a key frame every 60 frames; built on fir
 
 - ours: ``videos.make_video_pretrain_dataset(VideoRecords(dir, 'train'), ...)``; seeks,
   decodes up to the clip's last frame, converts only the 16 frames it keeps to RGB, resamples
-  the crop with one bilinear resize per frame and keeps uint8 (normalised on the device).
+  the crop with one bilinear resize per frame and keeps uint8 (normalized on the device).
 - baseline: ``ClipDataset`` below in a ``torch.utils.data.DataLoader``, the way the reference
   (SlowFast's Kinetics loader) does it: PyAV with its default decoder threading (SlowFast's
   multi-thread decode option, off by default, is ``--baseline_thread_type AUTO``), seek 1024
@@ -317,40 +317,40 @@ def with_pinned_workers(ds, workers: int, worker_buffer_size: int = 2):
 
 
 def ours_video_dataset(data_dir: str, batch: int, workers: int, read_threads: int, seed: int):
-    from maskfeat_jax.data import videos
+    from maskfeat_jax.data import batching, videos
 
     return videos.make_video_pretrain_dataset(
         video_records.VideoRecords(data_dir, "train"),
-        num_frames=NUM_FRAMES,
-        image_size=CLIP_SIZE,
+        videos.ClipSampling(
+            num_frames=NUM_FRAMES,
+            stride=STRIDE,
+            target_fps=TARGET_FPS,
+            image_size=CLIP_SIZE,
+            short_side=0,
+        ),
+        batching.StreamOptions(
+            per_host_batch=batch, seed=seed, worker_count=workers, read_threads=read_threads
+        ),
         mask_generator=masking.CubeMaskGenerator(CUBE_GRID, MASK_RATIO),
-        per_host_batch=batch,
-        seed=seed,
-        stride=STRIDE,
-        target_fps=TARGET_FPS,
-        short_side=0,
         scale=SCALE,
         ratio=RATIO,
         hflip=True,
-        worker_count=workers,
-        read_threads=read_threads,
     )
 
 
 def ours_image_dataset(batch: int, workers: int, read_threads: int, seed: int):
-    from maskfeat_jax.data import embedded, images
+    from maskfeat_jax.data import batching, embedded, images
 
     return images.make_pretrain_dataset(
         embedded.load_split("train"),
+        batching.StreamOptions(
+            per_host_batch=batch, seed=seed, worker_count=workers, read_threads=read_threads
+        ),
         image_size=224,
         patch_size=16,
         mask_generator=masking.BlockMaskGenerator(BLOCK_GRID, MASK_RATIO),
-        per_host_batch=batch,
-        seed=seed,
         scale=SCALE,
         ratio=RATIO,
-        worker_count=workers,
-        read_threads=read_threads,
     )
 
 

@@ -6,7 +6,7 @@ Run from the repository root:
 
 Both sides get the same float32 batch: crops of the photos bundled with
 scikit-image / scikit-learn as raw 0..255 pixel values (the default; what the
-train step feeds the HOG), ImageNet-normalised (``--input normalized``), or
+train step feeds the HOG), ImageNet-normalized (``--input normalized``), or
 Gaussian noise (``--input noise``). JAX functions are jitted and warmed up; every timing ends
 with ``block_until_ready``. PyTorch runs under ``torch.no_grad`` with as many
 intra-op threads as JAX's CPU client has cores. Repeats are interleaved
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maskfeat_jax import hog as hog_lib
+from maskfeat_jax import hog_gradients
 from maskfeat_jax.hog import hog, hog_targets
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -58,7 +59,7 @@ def _photos() -> list[np.ndarray]:
 
 
 def make_batch(batch: int, size: int, kind: str = "pixels", seed: int = 0) -> np.ndarray:
-    """float32 NHWC batch: random crops of real photos (raw pixels or normalised), or noise."""
+    """float32 NHWC batch: random crops of real photos (raw pixels or normalized), or noise."""
     rng = np.random.default_rng(seed)
     if kind == "noise":
         return rng.standard_normal((batch, size, size, 3), dtype=np.float32)
@@ -94,7 +95,8 @@ def _timed(fn: Callable[[], object]) -> float:
 def magnitude_dtype(input_dtype=jnp.bfloat16) -> str:
     """dtype of the gradient magnitude inside hog() for a given input dtype."""
     spec = jax.ShapeDtypeStruct((1, 16, 16, 3), input_dtype)
-    return str(jax.eval_shape(lambda v: hog_lib._magnitude(*hog_lib._gradients(v)), spec).dtype)
+    magnitude = lambda v: hog_gradients.magnitude(*hog_gradients.gradients(v))
+    return str(jax.eval_shape(magnitude, spec).dtype)
 
 
 def measure_hog(
@@ -189,16 +191,17 @@ def measure_step_fraction(
     import sys
 
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import common
-    from maskfeat_jax import sharding, train
+    from maskfeat_jax import defaults
+    from maskfeat_jax import sharding
+    from maskfeat_jax import trainer as trainer_lib
 
-    config = common.pretrain_config()
+    config = defaults.pretrain_config()
     config.model.update(variant=variant, image_size=size)
     config.input.batch_size = batch
     config.total_steps = 100
     config.optim.warmup_steps = 10
     mesh = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
-    trainer = train.build_trainer(config, mesh)
+    trainer = trainer_lib.build_trainer(config, mesh)
     step = trainer.compile()
     state = trainer.init(jax.random.key(0))
     pixels = make_batch(batch, size, "pixels")

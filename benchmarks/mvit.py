@@ -10,7 +10,7 @@ removed), built from one spec: torchvision's generic ``MViT`` with
 ``torch_names.torchvision_mvit_kwargs`` and random weights, ours holding the same weights
 through the exporter's name mapping. Each timed call is one forward and backward pass of
 ``mean(last-block tokens ** 2)`` with respect to every parameter on the same float32 batch
-of clips (crops of the bundled photos, normalised). JAX is jitted and warmed up; PyTorch runs
+of clips (crops of the bundled photos, normalized). JAX is jitted and warmed up; PyTorch runs
 eagerly with as many intra-op threads as JAX's CPU client has cores. Repeats are
 interleaved (jax, torch, jax, ...) so load from other processes hits both alike; medians.
 
@@ -55,7 +55,7 @@ K400_MEAN, K400_STD = 0.45, 0.225
 
 def make_clips(batch: int, frames: int, size: int, seed: int = 0) -> np.ndarray:
     """float32 [B, T, H, W, 3]: each clip a photo crop panning one pixel per frame,
-    normalised with the Kinetics mean/std."""
+    normalized with the Kinetics mean/std."""
     crops = make_batch(batch, size + frames, "pixels", seed)
     clips = np.stack([[c[t : t + size, t : t + size] for t in range(frames)] for c in crops])
     return ((clips / 255.0 - K400_MEAN) / K400_STD).astype(np.float32)

@@ -6,7 +6,7 @@ tests and as the baseline in the HOG benchmark. NCHW layout, like the original:
   reflect pad 1 -> depthwise 3x3 Sobel (groups=C) -> mag = ||(gx, gy)||,
   bin = floor(atan2(gx, gy) / pi * nbins) % nbins -> magnitude vote
   (scatter_add) -> 8x8 cell sums (unfold) -> per-cell, per-channel L2
-  normalisation (F.normalize, eps 1e-12).
+  normalization (F.normalize, eps 1e-12).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 
 def gaussian_kernel(window: int) -> torch.Tensor:
-    """window x window kernel, sigma = window // 2, normalised to sum 1."""
+    """window x window kernel, sigma = window // 2, normalized to sum 1."""
     n = torch.arange(window, dtype=torch.float32)
     n = (n - n.mean()) / (window // 2)
     w = torch.exp(-0.5 * n**2)
@@ -97,7 +97,7 @@ def torchvision_mvit(spec, *, seed: int = 0, dtype: torch.dtype = torch.float32)
     missing norm shows in a parity check."""
     from torchvision.models.video.mvit import MSBlockConfig, MViT
 
-    from maskfeat_jax import torch_names
+    from maskfeat_jax.interop import torch_names
 
     kwargs = torch_names.torchvision_mvit_kwargs(spec)
     kwargs["block_setting"] = [MSBlockConfig(**b) for b in kwargs["block_setting"]]
@@ -142,7 +142,7 @@ def jax_mvit_from_torchvision(model, spec, dtype, *, seed: int = 1):
     import numpy as np
     from flax import nnx
 
-    from maskfeat_jax import torch_names
+    from maskfeat_jax.interop import torch_names
     from maskfeat_jax.models import mvit
 
     ours = nnx.eval_shape(lambda: mvit.MViT(spec, dtype=dtype, rngs=nnx.Rngs(0)))

@@ -5,7 +5,7 @@
 The same step on both sides, on the same batch of real photos with the same masks: normalize,
 HOG targets of the raw pixels (the reference HOG on the PyTorch side), mask-token replacement,
 the ViT-B/16 encoder with its 108-d head, masked MSE, backward, gradient clipping at 0.02 and
-an AdamW update. Ours is the jitted train step that training runs (``train.build_trainer``);
+an AdamW update. Ours is the jitted train step that training runs (``trainer_lib.build_trainer``);
 PyTorch's is timm's ViT-B/16 plus the reference HOG and ``torch.optim.AdamW``, eager and under
 ``torch.compile``. Repeats are interleaved (ours, eager, compiled, ours, ...) so load from
 other processes hits all alike; medians are reported.
@@ -40,9 +40,9 @@ def _median_seconds(fn, repeats: int) -> list[float]:
 
 
 def step_config(batch: int):
-    from configs import common
+    from maskfeat_jax import defaults
 
-    c = common.pretrain_config()
+    c = defaults.pretrain_config()
     c.model.variant = "B/16"
     c.input.batch_size = batch
     c.total_steps = 1000
@@ -63,18 +63,20 @@ def make_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 class OurStep:
     def __init__(self, images: np.ndarray, masks: np.ndarray):
-        from maskfeat_jax import plan, sharding, train
+        from maskfeat_jax import sharding
+        from maskfeat_jax.planning import flops
+        from maskfeat_jax import trainer as trainer_lib
 
         config = step_config(images.shape[0])
         mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
-        self.trainer = train.build_trainer(config, mesh)
+        self.trainer = trainer_lib.build_trainer(config, mesh)
         self.compiled = self.trainer.compile()
         self.state = self.trainer.init(jax.random.key(0))
         self.batch = sharding.to_global(
             {"image": images, "mask": masks}, self.trainer.batch_sharding
         )
         self.rng = sharding.replicate_key(jax.random.key(1), mesh)
-        self.model_flops = plan.model_flops_per_step(config)
+        self.model_flops = flops.model_flops_per_step(config)
 
     def __call__(self) -> float:
         self.state, metrics = self.compiled(self.state, self.batch, self.rng)

@@ -14,11 +14,11 @@ runs/demo/metrics.jsonl, checkpoint in runs/demo/checkpoints/300).
 Variants: `:smoke` runs 20 steps of a 2-block model (a few seconds after compilation).
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.pretrain_config()
+    c = defaults.pretrain_config()
     c.total_steps = 300
     c.log_every_steps = 25
     c.model.update(variant="Ti/16", image_size=112, depth=6)

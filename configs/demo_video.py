@@ -20,11 +20,11 @@ Variants: `:smoke` runs 10 steps of a 4-block model on smaller videos; `:vit` tr
 ViT-Ti with 2 x 16 x 16 tubelets on the same clips instead.
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.video_pretrain_config()
+    c = defaults.video_pretrain_config()
     c.total_steps = 200
     c.log_every_steps = 20
     c.model.update(
@@ -57,7 +57,7 @@ def get_config(arg=None):
         c.input.embedded_videos.update(videos_per_photo=1, num_frames=40, height=128, width=160)
     elif arg == "vit":
         # The video ViT: 2 x 16 x 16 tubelets, 4 x 8 x 8 tokens, one unit = 2 x 2 tokens.
-        c.model = common.pretrain_config().model
+        c.model = defaults.pretrain_config().model
         c.model.update(variant="Ti/2x16", image_size=128, num_frames=8, depth=6)
     elif arg:
         raise ValueError(f"Unknown variant {arg!r}; use ':smoke', ':vit' or nothing.")

@@ -14,11 +14,11 @@ weights checkpoint from maskfeat_jax.import_torch):
 Top-1/top-5 are written to WORKDIR/results.json and WORKDIR/eval/.
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.finetune_config()
+    c = defaults.finetune_config()
     c.model.variant = "B/16"
     c.eval.every_epochs = 10
     if arg:

@@ -11,10 +11,10 @@ Run (ImageNet prepared with tfds under DATA_DIR):
 Variants: `:300ep` for the 300-epoch schedule.
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.pretrain_config()
+    c = defaults.pretrain_config()
     c.model.variant = "B/16"
-    return common.apply_epochs_variant(c, arg)
+    return defaults.apply_epochs_variant(c, arg)

@@ -10,11 +10,11 @@ Run:
       --config.init_from=$PT --config.input.data_dir=$DATA_DIR --workdir gs://bucket/ft_vit_l
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.finetune_config()
+    c = defaults.finetune_config()
     c.total_epochs = 50
     c.model.update(variant="L/16", scan=True, remat=True)
     c.input.batch_size = 1024

@@ -11,13 +11,13 @@ Run:
 Variants: `:300ep` for the 300-epoch schedule.
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.pretrain_config()
+    c = defaults.pretrain_config()
     c.model.variant = "L/16"
     c.model.dtype = "bfloat16"
     c.model.remat = True
     c.model.scan = True
-    return common.apply_epochs_variant(c, arg)
+    return defaults.apply_epochs_variant(c, arg)

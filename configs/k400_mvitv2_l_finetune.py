@@ -11,11 +11,11 @@ Run:
       --config.init_from=$PT --config.input.data_dir=$DATA_DIR --workdir gs://bucket/ft_mvit_l
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.video_finetune_config()
+    c = defaults.video_finetune_config()
     c.total_epochs = 75
     c.model.update(variant="MViTv2-L", drop_path_rate=0.2, remat=True)
     c.input.repeats = 1

@@ -14,11 +14,11 @@ Run (DATA_DIR holds record shards of Kinetics-400's train videos, made once with
 Variants: `:300ep` for the yaml's 300-epoch schedule.
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.video_pretrain_config()
+    c = defaults.video_pretrain_config()
     c.total_epochs = 800
     c.model.update(variant="MViTv2-L", dtype="bfloat16", remat=True)
     if arg == "300ep":

@@ -14,11 +14,11 @@ validation, in DATA_DIR):
       --config.init_from=$PT --config.input.data_dir=$DATA_DIR --workdir gs://bucket/ft_mvit_s
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.video_finetune_config()
+    c = defaults.video_finetune_config()
     c.eval.every_epochs = 10
     if arg:
         raise ValueError(f"Unknown variant {arg!r}; this config has none.")

@@ -13,11 +13,11 @@ Run (DATA_DIR holds record shards of Kinetics-400's train videos, made once with
       --config.input.data_dir=$DATA_DIR --workdir gs://bucket/maskfeat/mvit_s
 """
 
-from configs import common
+from maskfeat_jax import defaults
 
 
 def get_config(arg=None):
-    c = common.video_pretrain_config()
+    c = defaults.video_pretrain_config()
     if arg:
         raise ValueError(f"Unknown variant {arg!r}; this config has none.")
     return c

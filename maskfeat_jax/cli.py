@@ -1,6 +1,8 @@
 """Command-line parsing shared by the entry points: config mistakes become one clear line.
 
-``app.run(main, flags_parser=cli.parse_flags)``. ml_collections reports a misspelt override
+Each command in ``maskfeat_jax/commands/`` defines its flags at module level (names shared
+between commands with ``allow_override=True``: a process runs one command) and ends with
+``run_command(main, __name__, required=[...])``. ml_collections reports a misspelt override
 (``--config.model.widht=64``) as a traceback from deep inside flag parsing, and a missing
 config file only when the config is first used; here both stop at once with the fix."""
 
@@ -13,7 +15,7 @@ import os
 import sys
 from typing import Sequence
 
-from absl import flags
+from absl import app, flags
 
 from maskfeat_jax.errors import ConfigError, UserError
 
@@ -116,3 +118,15 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
         print(f"FATAL Flags parsing error: {e}", file=sys.stderr)
         print("Pass --helpshort or --helpfull to see help on flags.", file=sys.stderr)
         sys.exit(1)
+
+
+def run_command(main, module_name: str, required: Sequence[str] = ()) -> None:
+    """Runs ``main`` as the program: ``module_name``'s flags are the ones ``--help`` shows
+    (also when started through a console script), ``required`` must be given, a config or
+    data mistake ends with one line and exit code 2."""
+    own = flags.FLAGS.flags_by_module_dict().get(module_name, [])
+    for flag in own:
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    if required:
+        flags.mark_flags_as_required(list(required))
+    app.run(exit_on_config_error(main), flags_parser=parse_flags)

@@ -13,14 +13,17 @@ the accuracy, whose denominator is the examples actually evaluated; the log line
 results say how many examples and views were used out of how many, and name the dropped
 ones with their reasons (gathered from every host).
 
-Standalone: ``python -m maskfeat_jax.evaluate --config configs/x.py --workdir DIR`` evaluates
-the latest checkpoint of ``DIR`` (or ``--checkpoint PATH``).
+Standalone: ``maskfeat-eval --config configs/x.py --workdir DIR`` (or ``python -m
+maskfeat_jax.evaluate ...``) evaluates the latest checkpoint of ``DIR`` (or ``--checkpoint
+PATH``); the command is ``commands/evaluate.py``. The ``Evaluator`` is given the jitted
+predict function and the shardings; it never builds a model itself.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import runpy
 import time
 from typing import Any, Callable, Iterable, Mapping
 
@@ -29,9 +32,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from maskfeat_jax import files, objectives, sharding
-from maskfeat_jax.data import skipping
+from maskfeat_jax.data import skipping, streams
 
 
 @dataclasses.dataclass
@@ -97,55 +101,6 @@ class ViewAccumulator:
 
 def eval_split(config: ml_collections.ConfigDict) -> str:
     return config.eval.get("split") or "validation"
-
-
-def eval_iterator(
-    config,
-    spec,
-    workdir: str | None,
-    per_host_batch: int,
-    split: str,
-    ev: Mapping[str, Any],
-    shard: tuple[int, int] | None = None,
-):
-    """One pass over this host's share of ``split`` with the view settings ``ev``
-    (resize_size; short_side, num_clips, num_crops; worker_count): (dataset, id field).
-    ``shard`` = (index, count) overrides this host's share."""
-    from maskfeat_jax.data import images as image_data
-    from maskfeat_jax.data import videos as video_data
-
-    inp = config.input
-    index, count = shard or (jax.process_index(), jax.process_count())
-    shard = dict(shard_index=index, shard_count=count)
-    workers = dict(worker_count=int(ev.get("worker_count", 0) or 0))
-    if spec.is_video:
-        source = video_data.open_source(config, workdir, split)
-        ds = video_data.make_video_eval_dataset(
-            source,
-            num_frames=spec.num_frames,
-            image_size=spec.image_size,
-            per_host_batch=per_host_batch,
-            stride=int(inp.get("frame_stride", 4)),
-            target_fps=float(inp.get("target_fps", 30.0)),
-            short_side=int(ev.get("short_side", 256)),
-            num_clips=int(ev.get("num_clips", 10)),
-            num_crops=int(ev.get("num_crops", 1)),
-            min_frames=inp.get("min_frames", None),
-            short_videos=inp.get("short_videos", "pad"),
-            **shard,
-            **workers,
-        )
-        return ds, "video_index"
-    source = image_data.open_source(config, split)
-    ds = image_data.make_image_eval_dataset(
-        source,
-        image_size=spec.image_size,
-        per_host_batch=per_host_batch,
-        resize_size=ev.get("resize_size", None),
-        **shard,
-        **workers,
-    )
-    return ds, "index"
 
 
 def make_predict(graphdef: nnx.GraphDef, config, mesh, state_shardings, batch_sharding):
@@ -232,8 +187,6 @@ def _from_all_hosts(local: dict[int, dict[str, str]]) -> dict[int, dict[str, str
     """The union of every host's ``local`` (each host reads its own share of the views)."""
     if jax.process_count() == 1:
         return local
-    from jax.experimental import multihost_utils
-
     data = np.frombuffer(json.dumps(local).encode(), np.uint8)
     sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32)))
     padded = np.zeros(int(sizes.max()), np.uint8)
@@ -272,32 +225,38 @@ def write_results(workdir: str, split: str, step: int, result: Mapping[str, Any]
 
 
 class Evaluator:
-    """Evaluation of a trainer's state on the config's eval split."""
+    """Evaluation of a state on the config's eval split with a jitted ``predict`` (see
+    ``make_predict``); ``rules`` are the sharding rules the batch is placed by."""
 
-    def __init__(self, trainer, workdir: str | None):
-        config = trainer.config
-        self.config, self.trainer, self.workdir = config, trainer, workdir
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        spec,
+        predict: Callable,
+        batch_sharding: jax.sharding.NamedSharding,
+        rules: Mapping[str, Any],
+        workdir: str | None,
+    ):
+        self.config, self.spec, self.workdir = config, spec, workdir
+        self.predict, self.batch_sharding = predict, batch_sharding
         self.batch_size = int(config.eval.get("batch_size") or config.input.batch_size)
-        sharding.check_global_batch(self.batch_size, trainer.mesh, trainer.rules)
+        sharding.check_global_batch(self.batch_size, batch_sharding.mesh, rules)
         if self.batch_size % jax.process_count():
             raise ValueError(
                 f"config.eval.batch_size={self.batch_size} must split evenly over "
                 f"{jax.process_count()} hosts."
             )
-        self.predict = make_predict(
-            trainer.graphdef,
-            config,
-            trainer.mesh,
-            trainer.state_shardings,
-            trainer.batch_sharding,
-        )
 
     def __call__(self, state, step: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        per_host = self.batch_size // jax.process_count()
         split = eval_split(self.config)
-        ds, id_key = eval_iterator(
-            self.config, self.trainer.spec, self.workdir, per_host, split, self.config.eval
+        ds, id_key = streams.eval_stream(
+            self.config,
+            self.spec,
+            self.workdir,
+            per_host_batch=self.batch_size // jax.process_count(),
+            split=split,
+            views=self.config.eval,
         )
         result = run_eval(
             self.predict,
@@ -305,7 +264,7 @@ class Evaluator:
             ds,
             id_key=id_key,
             num_classes=self.config.model.num_classes,
-            batch_sharding=self.trainer.batch_sharding,
+            batch_sharding=self.batch_sharding,
         )
         result["seconds"] = time.perf_counter() - t0
         if self.workdir:
@@ -324,32 +283,5 @@ class Evaluator:
         return result
 
 
-def _main(argv):
-    from absl import app
-
-    from maskfeat_jax import checkpoint, train
-
-    del argv
-    checkpoint.quiet_orbax_logging()
-    config, workdir = _CONFIG.value, _WORKDIR.value
-    trainer = train.build_trainer(config)
-    target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
-    path = _CHECKPOINT.value or files.join(workdir, "checkpoints")
-    if not files.exists(path):
-        raise app.UsageError(f"no checkpoint at {path}; pass --checkpoint PATH")
-    restored = checkpoint.restore_run(path, target)
-    result = Evaluator(trainer, workdir)(restored.state, restored.step)
-    print(json.dumps(result, indent=2, sort_keys=True))
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Fine-tuning config.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (results are written here).")
-    _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the workdir's).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    from maskfeat_jax import cli
-
-    app.run(cli.exit_on_config_error(_main), flags_parser=cli.parse_flags)
+    runpy.run_module("maskfeat_jax.commands.evaluate", run_name="__main__", alter_sys=True)

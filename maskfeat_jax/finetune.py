@@ -27,10 +27,6 @@ from maskfeat_jax.data import augment
 Batch = Mapping[str, Any]
 
 
-def is_classification(config: ml_collections.ConfigDict) -> bool:
-    return bool(config.model.get("num_classes", 0))
-
-
 def erase_count(config: ml_collections.ConfigDict) -> int:
     """Boxes per example the pipeline draws (0: random erasing off)."""
     inp = config.input
@@ -62,7 +58,7 @@ def classification_loss(
     batch: Batch,
     config: ml_collections.ConfigDict,
     key: jax.Array,
-    data_groups: int = 1,
+    mixup_groups: int = 1,
 ):
     """Soft-target cross-entropy of the mixed, erased, normalized batch; drop path on."""
     erase_key, mix_key, drop_key = jax.random.split(key, 3)
@@ -70,7 +66,7 @@ def classification_loss(
     if "erase_boxes" in batch:
         images = augment.erase(images, batch["erase_boxes"], erase_key)
     images, targets, lam = mixup.mix_batch(
-        mix_key, images, batch["label"], mixup_config(config), groups=data_groups
+        mix_key, images, batch["label"], mixup_config(config), groups=mixup_groups
     )
     logits = model(images, key=drop_key)
     loss = mixup.soft_target_cross_entropy(logits, targets)

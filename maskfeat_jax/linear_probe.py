@@ -7,8 +7,10 @@ training split's mean and variance (a BatchNorm without affine parameters, as MA
 and a linear softmax classifier is trained on them with optax AdamW and a cosine schedule;
 top-1/top-5 on the eval split (views of a clip averaged) go to ``workdir/linear_probe.json``.
 
-  python -m maskfeat_jax.linear_probe --config configs/digits.py:probe \
+  maskfeat-probe --config configs/digits.py:probe \
       --config.init_from=runs/digits/pretrain --workdir runs/digits/probe
+
+(also ``python -m maskfeat_jax.linear_probe``; the command is ``commands/probe.py``).
 
 ``config.probe``: num_classes, train_split, eval_split, resize_size (images), epochs,
 batch_size, learning_rate, weight_decay; clips also short_side, num_clips, num_crops.
@@ -17,6 +19,7 @@ batch_size, learning_rate, weight_decay; clips also short_side, num_clips, num_c
 from __future__ import annotations
 
 import json
+import runpy
 from typing import Any
 
 import jax
@@ -27,31 +30,37 @@ import optax
 from absl import logging
 from flax import nnx
 
-from maskfeat_jax import evaluate, files, objectives, sharding
+from maskfeat_jax import checkpoint, evaluate, files, objectives, sharding, trainer, weights
+from maskfeat_jax.data import streams
 
 
-def extract_features(trainer, state, split: str, workdir: str | None):
+def extract_features(built: trainer.Trainer, state, split: str, workdir: str | None):
     """(features [N, D] float32, example ids [N], labels [N]) of every real view of ``split``,
     on every host (the jitted step replicates its output)."""
-    config = trainer.config
+    config = built.config
     mean, std = config.input.mean, config.input.std
 
     def features(state, batch):
-        model = nnx.merge(trainer.graphdef, state)[0]
+        model = nnx.merge(built.graphdef, state)[0]
         out = {k: batch[k] for k in ("id", "label", "valid")}
         out["features"] = model.features(objectives.normalize(batch["image"], mean, std))
         return out
 
     step = jax.jit(
         features,
-        in_shardings=(trainer.state_shardings, trainer.batch_sharding),
-        out_shardings=sharding.replicated(trainer.mesh),
+        in_shardings=(built.state_shardings, built.batch_sharding),
+        out_shardings=sharding.replicated(built.mesh),
     )
     settings = config.probe
     batch = int(settings.get("feature_batch_size") or config.input.batch_size)
-    sharding.check_global_batch(batch, trainer.mesh, trainer.rules)
-    ds, id_key = evaluate.eval_iterator(
-        config, trainer.spec, workdir, batch // jax.process_count(), split, settings
+    sharding.check_global_batch(batch, built.mesh, built.rules)
+    ds, id_key = streams.eval_stream(
+        config,
+        built.spec,
+        workdir,
+        per_host_batch=batch // jax.process_count(),
+        split=split,
+        views=settings,
     )
     feats, ids, labels = [], [], []
     for host_batch in ds:
@@ -61,7 +70,7 @@ def extract_features(trainer, state, split: str, workdir: str | None):
             "label": np.asarray(host_batch["label"], np.int32),
             "valid": np.asarray(host_batch["valid"], bool),
         }
-        out = jax.device_get(step(state, sharding.to_global(feed, trainer.batch_sharding)))
+        out = jax.device_get(step(state, sharding.to_global(feed, built.batch_sharding)))
         keep = np.asarray(out["valid"], bool)
         feats.append(np.asarray(out["features"])[keep])
         ids.append(np.asarray(out["id"])[keep])
@@ -124,23 +133,22 @@ def train_linear(
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Features of both splits, the classifier, and its top-k on the eval split."""
-    from maskfeat_jax import train
-
     if config.model.get("num_classes"):
         raise ValueError(
             "linear probing reads the pretraining-form encoder; use a config with "
             "model.num_classes=0 and the class count in config.probe.num_classes."
         )
     settings = config.probe
-    trainer = train.build_trainer(config)
-    state = trainer.init(jax.random.key(config.seed))
+    built = trainer.build_trainer(config)
+    state = built.init(jax.random.key(config.seed))
     source = "random init"
     if config.get("init_from"):
         # Only the encoder matters; the source may predict another target.
-        state = train._load_init_weights(trainer, state, config.init_from, exclude="pred_head/")
+        flat, _ = checkpoint.load_weights(config.init_from)
+        weights.assign(state[0], flat, built.spec, exclude="pred_head/")
         source = config.init_from
-    train_x, _, train_y = extract_features(trainer, state, settings.train_split, workdir)
-    test_x, test_ids, test_y = extract_features(trainer, state, settings.eval_split, workdir)
+    train_x, _, train_y = extract_features(built, state, settings.train_split, workdir)
+    test_x, test_ids, test_y = extract_features(built, state, settings.eval_split, workdir)
     predict, loss = train_linear(
         train_x,
         train_y,
@@ -168,22 +176,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return result
 
 
-def _main(argv):
-    del argv
-    from maskfeat_jax import checkpoint
-
-    checkpoint.quiet_orbax_logging()
-    result = run(_CONFIG.value, _WORKDIR.value)
-    print(json.dumps(result, indent=2, sort_keys=True))
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    _CONFIG = config_flags.DEFINE_config_file("config", None, "Config with a `probe` section.")
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Where linear_probe.json is written.")
-    flags.mark_flags_as_required(["config", "workdir"])
-    from maskfeat_jax import cli
-
-    app.run(cli.exit_on_config_error(_main), flags_parser=cli.parse_flags)
+    runpy.run_module("maskfeat_jax.commands.probe", run_name="__main__", alter_sys=True)

@@ -191,7 +191,7 @@ class _MaskGeneratorBase:
     def _validate(
         self, ndim: int, kind: str, unit: str, default_max, min_of_max: bool, **extra
     ) -> None:
-        """Checks and normalises the settings. ``default_max(grid, num)`` is the largest area
+        """Checks and normalizes the settings. ``default_max(grid, num)`` is the largest area
         per block when ``max_patches`` is None; the smallest defaults to ``max_patches // 5``
         if ``min_of_max`` (SlowFast's 3-D generator) else ``num // 5`` (its 2-D one)."""
         grid = _check_grid(self.grid, ndim, kind)

@@ -22,6 +22,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from maskfeat_jax import errors
+
 # Leaf names of 1-D parameters in our models: LayerNorm scale/bias and every bias.
 _NO_DECAY_LEAVES = ("bias", "scale")
 
@@ -46,6 +48,54 @@ def learning_rate_schedule(
         decay_steps=max(total_steps, 1),
         end_value=optim.end_lr * scale,
     )
+
+
+def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
+    """Steps per pass over the data; with repeated augmentation a step reads batch / repeats
+    records."""
+    repeats = int(config.input.get("repeats", 1) or 1)
+    return config.input.examples_per_epoch * repeats // config.input.batch_size
+
+
+def schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    """(total_steps, warmup_steps) from explicit steps or from epochs of the dataset."""
+    total, warmup = _schedule_steps(config)
+    if total <= warmup:
+        raise errors.ConfigError(
+            f"the schedule has {total} steps, not more than its {warmup} warmup steps; raise "
+            "--config.total_steps (or total_epochs) or lower --config.optim.warmup_steps "
+            "(or warmup_epochs)."
+        )
+    return total, warmup
+
+
+def _schedule_steps(config: ml_collections.ConfigDict) -> tuple[int, int]:
+    batch = config.input.batch_size
+    if config.get("total_steps"):
+        total = int(config.total_steps)
+        warmup = int(config.optim.get("warmup_steps") or 0)
+        if not warmup and config.optim.get("warmup_epochs") and config.get("total_epochs"):
+            warmup = round(total * config.optim.warmup_epochs / config.total_epochs)
+        return total, warmup
+    epoch = steps_per_epoch(config)
+    if epoch < 1:
+        raise errors.ConfigError(
+            f"config.input.batch_size={batch} exceeds the dataset's "
+            f"{config.input.examples_per_epoch} examples per epoch; set config.total_steps."
+        )
+    return round(config.total_epochs * epoch), round(config.optim.warmup_epochs * epoch)
+
+
+def schedule_from_config(config: ml_collections.ConfigDict) -> tuple[optax.Schedule, int]:
+    """The learning-rate schedule of the run and its total steps."""
+    total_steps, warmup_steps = schedule_steps(config)
+    schedule = learning_rate_schedule(
+        config.optim,
+        global_batch=config.input.batch_size,
+        total_steps=total_steps,
+        warmup_steps=warmup_steps,
+    )
+    return schedule, total_steps
 
 
 def _path_name(path: tuple[Any, ...]) -> str:

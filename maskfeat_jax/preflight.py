@@ -13,7 +13,8 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from maskfeat_jax import checkpoint, errors, files, finetune
+from maskfeat_jax import checkpoint, errors, files, tasks
+from maskfeat_jax.data import streams
 
 # Model settings that change no parameter shape: a run may resume with other values.
 _SHAPE_FREE_MODEL_KEYS = ("dtype", "remat", "drop_path_rate")
@@ -45,7 +46,7 @@ def _what_decides_the_state(config: ml_collections.ConfigDict) -> dict[str, Any]
         for k, v in config.model.to_dict().items()
         if k not in _SHAPE_FREE_MODEL_KEYS
     }
-    if not finetune.is_classification(config):
+    if not tasks.is_classification(config):
         out["target"] = config.get("target", "hog")
         if out["target"] == "hog" and "hog" in config:
             out.update({f"hog.{k}": config.hog.get(k) for k in ("nbins", "cell_size")})
@@ -81,35 +82,25 @@ def check_checkpoints(workdir: str, config: ml_collections.ConfigDict) -> int | 
     return step
 
 
-def open_split(config: ml_collections.ConfigDict, spec, workdir: str | None, split: str):
-    """The random-access source of ``split`` that the run's pipelines read."""
-    if spec.is_video:
-        from maskfeat_jax.data import videos
-
-        return videos.open_source(config, workdir, split)
-    from maskfeat_jax.data import images
-
-    return images.open_source(config, split)
-
-
-def splits_read(config: ml_collections.ConfigDict) -> list[str]:
+def splits_read(task: tasks.Task) -> list[str]:
     """Training split first, then the split evaluated during fine-tuning."""
+    config = task.config
     splits = [config.input.get("split", "train")]
-    if finetune.is_classification(config) and config.get("eval"):
+    if task.evaluates:
         eval_split = config.eval.get("split") or "validation"
         if eval_split not in splits:
             splits.append(eval_split)
     return splits
 
 
-def describe_data(config: ml_collections.ConfigDict, spec, workdir: str | None) -> list[str]:
+def describe_data(task: tasks.Task, workdir: str | None) -> list[str]:
     """Opens every split the run reads (errors name the fix) and says what is there."""
-    inp = config.input
+    inp = task.config.input
     name = inp.get("dataset", "embedded")
     where = inp.get("data_dir") or ("bundled" if name in ("embedded", "digits") else "")
     lines = []
-    for split in splits_read(config):
-        source = open_split(config, spec, workdir, split)
+    for split in splits_read(task):
+        source = streams.open_split(task.config, task.spec, workdir, split)
         if len(source) == 0:
             raise errors.DataError(
                 f"split {split!r} of {name!r} in {where} has no records; point "

@@ -2,10 +2,11 @@ r"""Pictures of what MaskFeat learns, like the paper's figure: for a few validat
 the frames of a clip) the input, the masked input, the HOG target and the predicted HOG of the
 masked tokens, each HOG drawn as oriented-gradient glyphs per cell.
 
-    python -m maskfeat_jax.visualize --workdir runs/demo [--checkpoint PATH] [--num_images 4] \
+    maskfeat-visualize --workdir runs/demo [--checkpoint PATH] [--num_images 4] \
         [--split validation] [--out picture.png]
 
-The model and its config come from the run's checkpoint. Training writes the same picture
+(also ``python -m maskfeat_jax.visualize``; the command is ``commands/visualize.py``). The
+model and its config come from the run's checkpoint. Training writes the same picture
 every ``config.visualize_every_steps`` steps to ``WORKDIR/pictures`` and TensorBoard.
 
 Glyphs: a cell's nine orientation bins (averaged over colour channels) are nine strokes through
@@ -16,16 +17,27 @@ regressions and may be negative; negative bins are drawn as 0.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import runpy
+from typing import Any, Callable, Mapping
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils import epath
 from flax import nnx
 from PIL import Image, ImageDraw
 
-from maskfeat_jax import files, masking
+from maskfeat_jax import (
+    checkpoint,
+    files,
+    masking,
+    models,
+    pretrain,
+    sharding,
+    tasks,
+    weights,
+)
+from maskfeat_jax.data import streams
 
 GREY = 128  # masked pixels in the "masked input" panel
 
@@ -184,8 +196,6 @@ def picture(
 
 def write_png(path: str, image: np.ndarray) -> str:
     files.make_dirs(str(path).rsplit("/", 1)[0] if "/" in str(path) else ".")
-    from etils import epath
-
     with epath.Path(path).open("wb") as f:
         Image.fromarray(np.asarray(image, np.uint8)).save(f, format="PNG")
     return str(path)
@@ -197,11 +207,9 @@ def write_png(path: str, image: np.ndarray) -> str:
 
 
 def check_hog_config(config: ml_collections.ConfigDict) -> None:
-    from maskfeat_jax import finetune, train
-
-    if finetune.is_classification(config):
+    if tasks.is_classification(config):
         raise ValueError("pictures show pretraining predictions; this config fine-tunes.")
-    if train.target_kind(config) != "hog":
+    if pretrain.target_kind(config) != "hog":
         raise ValueError(
             "pictures draw HOG glyphs, but this run predicts pixels (config.target='pixels')."
         )
@@ -219,15 +227,21 @@ def validation_batch(
     """The first ``num`` evaluation views of ``split`` (fewer if the split is smaller; resize +
     centre crop; for video one centre clip) with masks drawn by the config's generator from
     ``seed``. Every host reads the same views, so the pictures are identical on all of them."""
-    from maskfeat_jax import evaluate, train
-
-    ev = dict(num_clips=1, num_crops=1, worker_count=0)
-    ds, _ = evaluate.eval_iterator(config, spec, workdir, num, split, ev, shard=(0, 1))
-    batch = next(iter(ds))
+    views_setting = dict(num_clips=1, num_crops=1, worker_count=0)
+    ds, _ = streams.eval_stream(
+        config, spec, workdir, per_host_batch=num, split=split, views=views_setting, shard=(0, 1)
+    )
+    iterator = iter(ds)
+    try:
+        batch = next(iterator)
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # no reader threads or workers left behind
+            close()
     views = np.asarray(batch["image"])[np.asarray(batch["valid"], bool)]  # not the padding
     if not len(views):
         raise ValueError(f"split {split!r} gave no readable images to draw.")
-    generator = masking.from_config(config.mask, grid=train.mask_grid(config, spec))
+    generator = masking.from_config(config.mask, grid=pretrain.mask_grid(config, spec))
     rng = np.random.default_rng(seed)
     masks = np.stack([generator(rng) for _ in range(len(views))])
     return {"image": views, "mask": masks}
@@ -237,12 +251,11 @@ def make_outputs_fn(graphdef: nnx.GraphDef, config, state_sharding: Any = None, 
     """Jitted (state, batch) -> (pred, target, loss mask) of the model part of ``state``
     (a (model, optimizer[, ema]) state, or a model state alone). With a mesh the batch is
     replicated, so a few images work on any number of devices."""
-    from maskfeat_jax import sharding, train
 
     def outputs(state, batch):
         model = nnx.merge(graphdef, state)
         model = model[0] if isinstance(model, tuple) else model
-        return train.pretrain_outputs(model, batch, config)
+        return pretrain.outputs(model, batch, config)
 
     if mesh is None:
         return jax.jit(outputs)
@@ -268,22 +281,19 @@ def render(config, spec, batch: Mapping[str, np.ndarray], pred, target, loss_mas
 
 class TrainingPictures:
     """The picture of a fixed validation batch, drawn from the training state every
-    ``config.visualize_every_steps`` steps into ``workdir/pictures/step_<N>.png``."""
+    ``config.visualize_every_steps`` steps into ``workdir/pictures/step_<N>.png``.
+    ``outputs`` is a ``make_outputs_fn`` for the training state."""
 
-    def __init__(self, trainer, workdir: str):
-        config = trainer.config
+    def __init__(self, config: ml_collections.ConfigDict, spec, outputs: Callable, workdir: str):
         check_hog_config(config)
-        self.config, self.spec, self.workdir = config, trainer.spec, workdir
+        self.config, self.spec, self.outputs, self.workdir = config, spec, outputs, workdir
         num = int(config.get("visualize_images", 4) or 4)
         self.batch = validation_batch(
             config,
-            trainer.spec,
+            spec,
             num,
             split=config.get("visualize_split", "validation"),
             workdir=workdir,
-        )
-        self.outputs = make_outputs_fn(
-            trainer.graphdef, config, trainer.state_shardings, trainer.mesh
         )
 
     def __call__(self, state, step: int) -> tuple[str, np.ndarray]:
@@ -299,46 +309,20 @@ def from_checkpoint(
     path: str, num: int, split: str = "validation", workdir: str | None = None, seed: int = 0
 ) -> np.ndarray:
     """The picture for the weights in a checkpoint (its recorded config), on one device."""
-    from maskfeat_jax import checkpoint, models, train
-
-    weights, meta = checkpoint.load_weights(path)
+    flat, meta = checkpoint.load_weights(path)
     config = checkpoint.config_from_meta(meta)
     check_hog_config(config)
-    target_size = train.target_dim(config, models.model_spec(config.model).patch_size)
-    model = models.build_model(config.model, nnx.Rngs(0), target_dim=target_size)
+    task = tasks.from_config(config)
+    model = models.from_config(config.model, nnx.Rngs(0), target_size=task.target_size)
     graphdef, state = nnx.split(model)
-    current = {"/".join(map(str, p)): v for p, v in nnx.to_flat_state(state)}
-    missing = sorted(set(current) - set(weights))
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {missing[:5]} of its own config's model.")
-    for key, var in current.items():
-        var.set_value(jnp.asarray(weights[key], var.get_value().dtype))
+    try:
+        weights.assign(state, flat, adapt=False)
+    except ValueError as e:
+        raise ValueError(f"checkpoint {path}: {e}") from e
     batch = validation_batch(config, model.spec, num, split=split, workdir=workdir, seed=seed)
     pred, target, loss_mask = make_outputs_fn(graphdef, config)(state, batch)
     return render(config, model.spec, batch, pred, target, loss_mask)
 
 
-def _main(argv):
-    del argv
-    from maskfeat_jax import checkpoint
-
-    checkpoint.quiet_orbax_logging()
-    workdir = _WORKDIR.value
-    path = _CHECKPOINT.value or files.join(workdir, "checkpoints")
-    image = from_checkpoint(path, _NUM.value, _SPLIT.value, workdir=workdir, seed=_SEED.value)
-    out = _OUT.value or files.join(workdir, "pictures", "checkpoint.png")
-    write_png(out, image)
-    print(f"Wrote {out} ({image.shape[1]}x{image.shape[0]} px): input | masked | HOG | predicted.")
-
-
 if __name__ == "__main__":
-    from absl import app, flags
-
-    _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (its checkpoints are read).")
-    _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint (default: the workdir's).")
-    _NUM = flags.DEFINE_integer("num_images", 4, "Validation images (or clips) to draw.")
-    _SPLIT = flags.DEFINE_string("split", "validation", "Dataset split of the images.")
-    _SEED = flags.DEFINE_integer("seed", 0, "Seed of the masks.")
-    _OUT = flags.DEFINE_string("out", None, "PNG path (default WORKDIR/pictures/checkpoint.png).")
-    flags.mark_flags_as_required(["workdir"])
-    app.run(_main)
+    runpy.run_module("maskfeat_jax.commands.visualize", run_name="__main__", alter_sys=True)

@@ -1,15 +1,33 @@
-"""Test session set-up: 8 simulated CPU devices for the sharded tests (before JAX starts)."""
+"""Test session set-up: 8 simulated CPU devices for the sharded tests (before JAX starts), and
+markers by folder: tests/unit -> unit, integration -> integration + slow, parity -> parity +
+slow, multihost -> multihost + slow. A unit test that takes more than a few seconds carries
+its own ``@pytest.mark.slow``."""
 
 import os
-import sys
+import pathlib
+
+import pytest
 
 # The tests run on CPU; with libtpu installed (for the planner) JAX would otherwise try to start
 # a TPU backend in every process and take libtpu's machine-wide lock.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-# Configs import their shared pieces as `configs.common`; make the repo root importable.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+
+_TESTS = pathlib.Path(__file__).parent
+_FOLDER_MARKS = {
+    "unit": ("unit",),
+    "integration": ("integration", "slow"),
+    "parity": ("parity", "slow"),
+    "multihost": ("multihost", "slow"),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        folder = pathlib.Path(item.fspath).relative_to(_TESTS).parts[0]
+        for name in _FOLDER_MARKS.get(folder, ()):
+            item.add_marker(getattr(pytest.mark, name))

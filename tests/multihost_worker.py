@@ -83,14 +83,15 @@ def main():
     import jax
     import numpy as np
 
-    from maskfeat_jax import checkpoint, sharding, train
+    from maskfeat_jax import checkpoint, loop, sharding
+    from maskfeat_jax import trainer as trainer_lib
     from tests.test_train import tiny_config
 
     checkpoint.quiet_orbax_logging()
     process, processes = jax.process_index(), jax.process_count()
     config = tiny_config()  # global batch 8 on a (data 2, fsdp 4) mesh over all processes
     config.checkpoint.update(every_steps=args.save_every, keep_latest=10, async_save=True)
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
 
     # What to_global assumes of the mesh: process i's devices hold rows i*B/n .. (i+1)*B/n.
     batch_shape = trainer.abstract_batch()["image"].shape
@@ -104,7 +105,7 @@ def main():
 
     data = host_batches(config, process, processes)
     ckpts = checkpoint.RunCheckpoints.from_config(args.workdir, config)
-    state, rng, start, source = train.initial_state(trainer, ckpts, data)
+    state, rng, start, source = loop.initial_state(trainer, ckpts, data)
     out = {}
     if start:
         out.update({f"restored/{k}": v for k, v in gathered(state, trainer.mesh).items()})

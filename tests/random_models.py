@@ -1,11 +1,11 @@
-"""Models with random parameters, built without compiling their initialisers."""
+"""Models with random parameters, built without compiling their initializers."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskfeat_jax import torch_names
+from maskfeat_jax.interop import torch_names
 from maskfeat_jax.models import mvit, vit
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from maskfeat_jax import errors, masking
-from maskfeat_jax.data import embedded_video, images, skipping, video_records, videos
+from maskfeat_jax.data import batching, embedded_video, skipping, video_records, videos
 from tests.runs import metric_lines, run_main
 
 SETTINGS = embedded_video.EmbeddedVideos(
@@ -87,18 +87,16 @@ def source(data_dir):
 
 
 def _batches(source, n, **kw):
-    args = {
-        "num_frames": 4,
-        "image_size": 32,
-        "mask_generator": masking.CubeMaskGenerator(grid=(2, 2, 2), ratio=0.4),
-        "per_host_batch": 8,
-        "seed": 0,
-        "read_threads": 2,
-        "prefetch_batches": 2,
-        "min_frames": 4,
-        **kw,
-    }
-    it = iter(videos.make_video_pretrain_dataset(source, **args))
+    sampling = videos.ClipSampling(
+        num_frames=4, stride=4, target_fps=30.0, image_size=32, short_side=0, min_frames=4
+    )
+    options = batching.StreamOptions(per_host_batch=8, seed=0, read_threads=2, prefetch_batches=2)
+    mask_generator = masking.CubeMaskGenerator(grid=(2, 2, 2), ratio=0.4)
+    it = iter(
+        videos.make_video_pretrain_dataset(
+            source, sampling, options, mask_generator=mask_generator, **kw
+        )
+    )
     try:
         return [next(it) for _ in range(n)]
     finally:
@@ -263,7 +261,7 @@ def test_too_many_unreadable_records_stop_the_run_with_one_line_and_a_checkpoint
 
 
 def _first_step_with(records: set[int], num_records: int, seed: int, batch: int) -> int:
-    order = images.index_stream(num_records, seed=seed)
+    order = batching.index_stream(num_records, seed=seed)
     return next(i for i in range(len(order)) if int(order[i]) in records) // batch + 1
 
 

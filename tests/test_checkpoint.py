@@ -1,6 +1,6 @@
 """Checkpoints survive preemption: a killed run resumes to the same losses and parameters,
 unfinished saves never count, restores land on a mesh of another size, the resume order
-holds, and weights-only initialisation adapts the model form."""
+holds, and weights-only initialization adapts the model form."""
 
 import os
 import shutil
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskfeat_jax import checkpoint, sharding, train
+from maskfeat_jax import checkpoint, loop, sharding, tasks
+from maskfeat_jax import trainer as trainer_lib
 from tests.runs import ROOT, child_env, metric_lines, run_main, start_main
 from tests.test_train import random_batch, tiny_config
 
@@ -160,7 +161,7 @@ def test_a_save_killed_mid_write_is_never_taken_for_a_checkpoint(tmp_path):
 
 def test_a_copied_step_without_its_commit_is_ignored(tmp_path):
     config = tiny_config(mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)))
-    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+    trainer = trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
     state = trainer.init(jax.random.key(0))
     with checkpoint.RunCheckpoints(str(tmp_path), every_steps=4) as ckpts:
         assert ckpts.save(4, state, data=None, rng=jax.random.key(0), config=config)
@@ -181,7 +182,7 @@ def _mesh(n, axes=(("data", 1), ("fsdp", -1), ("tensor", 1))):
 
 def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
     config = tiny_config(mesh=(("data", 1), ("fsdp", -1), ("tensor", 1)))
-    big = train.build_trainer(config, _mesh(8))
+    big = trainer_lib.build_trainer(config, _mesh(8))
     state = big.init(jax.random.key(1))
     state, _ = big.step(
         state, sharding.to_global(random_batch(config), big.batch_sharding), jax.random.key(0)
@@ -190,7 +191,7 @@ def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
     with checkpoint.RunCheckpoints(str(tmp_path), every_steps=1) as ckpts:
         ckpts.save(1, state, data=None, rng=jax.random.key(5), config=config)
 
-    small = train.build_trainer(config, _mesh(4))
+    small = trainer_lib.build_trainer(config, _mesh(4))
     target = sharding.abstract_on_mesh(small.abstract_state, small.state_shardings)
     restored = checkpoint.restore_run(str(tmp_path), target)
     assert restored.step == 1
@@ -215,7 +216,7 @@ def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
 
 def test_keeps_the_latest_k_and_every_mth_step(tmp_path):
     config = tiny_config(mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)))
-    trainer = train.build_trainer(config, _mesh(1))
+    trainer = trainer_lib.build_trainer(config, _mesh(1))
     state = trainer.init(jax.random.key(0))
     saved = []
     with checkpoint.RunCheckpoints(
@@ -232,7 +233,7 @@ def test_keeps_the_latest_k_and_every_mth_step(tmp_path):
 
 def _trainer_and_checkpoints(tmp_path, name, config=None):
     config = config or tiny_config(mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)))
-    trainer = train.build_trainer(config, _mesh(1))
+    trainer = trainer_lib.build_trainer(config, _mesh(1))
     return trainer, checkpoint.RunCheckpoints(str(tmp_path / name), every_steps=1)
 
 
@@ -256,7 +257,7 @@ def test_resume_order_workdir_then_resume_then_init_from_then_scratch(tmp_path):
         config.update(overrides)
         trainer, ckpts = _trainer_and_checkpoints(tmp_path, workdir_name, config)
         with ckpts:
-            return train.initial_state(trainer, ckpts, data=None)
+            return loop.initial_state(trainer, ckpts, data=None)
 
     state, _, step, source = start("a")
     assert (step, source) == (0, "from scratch")
@@ -296,15 +297,15 @@ def test_data_iterator_state_restores_the_following_batches(tmp_path):
 
     config = demo.get_config("smoke")
     config.input.batch_size = 4
-    trainer = train.build_trainer(config, _mesh(1, config.mesh))
-    data = train.train_iterator(config, trainer.spec)
+    trainer = trainer_lib.build_trainer(config, _mesh(1, config.mesh))
+    data = tasks.from_config(config).train_stream()
     for _ in range(3):
         next(data)
     state = trainer.init(jax.random.key(0))
     with checkpoint.RunCheckpoints(str(tmp_path), every_steps=1) as ckpts:
         ckpts.save(3, state, data=data, rng=jax.random.key(0), config=config)
         following = [next(data) for _ in range(2)]  # while the async save is in flight
-    fresh = train.train_iterator(config, trainer.spec)
+    fresh = tasks.from_config(config).train_stream()
     target = sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings)
     checkpoint.restore_run(str(tmp_path), target, data=fresh)
     for want in following:

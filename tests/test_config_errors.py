@@ -3,9 +3,9 @@
 import jax
 import pytest
 
-from configs import common
+from maskfeat_jax import defaults
 from maskfeat_jax import errors, sharding
-from maskfeat_jax.data import images, videos
+from maskfeat_jax.data import sources
 from tests.runs import run_main
 
 
@@ -47,19 +47,19 @@ def test_video_size_not_divisible_by_the_pooling_strides(tmp_path):
 def test_missing_data_dir_names_the_flag(tmp_path):
     line = refused(run_main(tmp_path, "--config.input.dataset=folder"))
     assert "--config.input.data_dir=" in line and "dataset=embedded" in line
-    video = common.video_pretrain_config()
+    video = defaults.video_pretrain_config()
     video.input.dataset = "records"
     with pytest.raises(errors.ConfigError, match="--config.input.data_dir=DIR"):
-        videos.open_source(video, None, "train")
-    image = common.pretrain_config()
+        sources.open_video_source(video, None, "train")
+    image = defaults.pretrain_config()
     image.input.dataset = "imagenet2012"
     with pytest.raises(errors.ConfigError, match="--config.input.data_dir=/path"):
-        images.open_source(image, "train")
+        sources.open_image_source(image, "train")
 
 
 def test_batch_not_divisible_by_devices_names_a_batch_that_works():
-    mesh = sharding.make_mesh(common.FSDP_MESH)  # the 8 simulated devices
-    rules = sharding.rules_from_config(common.SHARDING_RULES)
+    mesh = sharding.make_mesh(defaults.FSDP_MESH)  # the 8 simulated devices
+    rules = sharding.rules_from_config(defaults.SHARDING_RULES)
     with pytest.raises(
         errors.ConfigError, match=r"not divisible by the 8 batch shards.*multiple of 8, e.g. 8"
     ):

@@ -17,7 +17,7 @@ from configs import (
     k400_mvitv2_l_pretrain,
     k400_mvitv2_s_pretrain,
 )
-from maskfeat_jax import train
+from maskfeat_jax import trainer as trainer_lib
 from maskfeat_jax.models import vit
 from tests.runs import ROOT, child_env, run_main
 
@@ -45,7 +45,7 @@ def test_in1k_configs_carry_the_reference_recipe(module, variant, params):
         30,
     )
     assert c.hog.gaussian_window == 0
-    trainer = train.build_trainer(c)  # abstract only: shapes, shardings, schedule
+    trainer = trainer_lib.build_trainer(c)  # abstract only: shapes, shardings, schedule
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainer.abstract_state[0]))
     assert n == params
     steps_per_epoch = 1_281_167 // 2048
@@ -68,7 +68,7 @@ def test_vit_l_finetune_form_matches_timm_parameter_count():
 
 
 def test_vit_l_config_is_sharded_over_eight_devices():
-    trainer = train.build_trainer(in1k_vit_l_pretrain.get_config())
+    trainer = trainer_lib.build_trainer(in1k_vit_l_pretrain.get_config())
     assert dict(trainer.mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
     specs = {
         "/".join(map(str, k)): v.get_value().spec
@@ -79,11 +79,11 @@ def test_vit_l_config_is_sharded_over_eight_devices():
 
 
 def test_missing_data_dir_names_the_flag():
-    from maskfeat_jax.data import images
+    from maskfeat_jax.data import sources
 
     c = in1k_vit_b_pretrain.get_config()
     with pytest.raises(ValueError, match="--config.input.data_dir"):
-        images.iterator_from_config(c, image_size=224, mask_grid=(14, 14), per_host_batch=8)
+        sources.open_image_source(c, "train")
 
 
 def test_demo_smoke_run_end_to_end(tmp_path):
@@ -172,9 +172,9 @@ def test_k400_configs_carry_the_reference_recipe(module, variant, params, epochs
         1e-6,
     )
     assert (o.weight_decay, o.clip_grad_norm) == (0.05, 0.02)
-    trainer = train.build_trainer(c)  # abstract only
+    trainer = trainer_lib.build_trainer(c)  # abstract only
     assert trainer.spec.grid == (8, 14, 14) and trainer.spec.token_grid == (8, 56, 56)
-    assert train.count_params(trainer.abstract_state) == params
+    assert trainer_lib.count_params(trainer.abstract_state) == params
     steps_per_epoch = c.input.examples_per_epoch // 512
     assert trainer.total_steps == epochs * steps_per_epoch
     # 1e-4 per 32 clips at 512 clips: 1.6e-3 after warmup (mmpretrain's value).
@@ -202,7 +202,7 @@ def test_video_demo_smoke_run_end_to_end(tmp_path):
 
 
 def test_video_demo_vit_variant_builds_the_tubelet_model():
-    trainer = train.build_trainer(demo_video.get_config("vit"))
+    trainer = trainer_lib.build_trainer(demo_video.get_config("vit"))
     spec = trainer.spec
     assert (spec.tubelet, spec.patch_size, spec.grid, spec.token_grid) == (
         2,

@@ -5,7 +5,17 @@ import ml_collections
 import numpy as np
 import pytest
 
-from maskfeat_jax.data import augment, classification, digits, embedded_video, images, videos
+from maskfeat_jax.data import (
+    augment,
+    batching,
+    classification,
+    digits,
+    embedded_video,
+    images,
+    streams,
+    videos,
+)
+from maskfeat_jax.data.batching import StreamOptions
 from maskfeat_jax.data.video_records import VideoRecords
 from tests.batches import assert_batches_equal, take
 
@@ -28,7 +38,8 @@ def _image_dataset(source, per_host_batch=8, seed=0, **kw):
     )
     transform.update(kw)
     return classification.make_train_dataset(
-        views, transform, per_host_batch=per_host_batch, seed=seed
+        classification.ClassificationTrainTransform(views, **transform),
+        StreamOptions(per_host_batch=per_host_batch, seed=seed),
     )
 
 
@@ -75,7 +86,7 @@ def test_element_is_crop_then_randaugment_then_boxes_from_its_generator(digit_so
 
 def test_batches_have_labels_of_their_records_and_resume_exactly(digit_source):
     ds = _image_dataset(digit_source)
-    order = images.index_stream(len(digit_source), seed=0)
+    order = batching.index_stream(len(digit_source), seed=0)
     first = take(ds, 3)
     labels = np.concatenate([b["label"] for b in first])
     want = [digit_source[int(order[i])]["label"] for i in range(24)]
@@ -98,7 +109,7 @@ def test_repeated_augmentation_gives_adjacent_views_of_one_record(digit_source):
     ds = _image_dataset(digit_source, per_host_batch=8, repeats=2)
     batch = next(iter(ds))
     assert batch["image"].shape == (8, 24, 24, 3) and batch["erase_boxes"].shape == (8, 1, 4)
-    order = images.index_stream(len(digit_source), seed=0)
+    order = batching.index_stream(len(digit_source), seed=0)
     want = [digit_source[int(order[i])]["label"] for i in range(4)]
     np.testing.assert_array_equal(batch["label"], np.repeat(want, 2))
     assert batch["skipped"].shape == (8,)
@@ -124,6 +135,7 @@ def test_video_views_share_one_decoded_clip_and_one_op_sequence(tmp_path):
                 erase_prob=1.0,
                 repeats=2,
                 mean=(0.45,) * 3,
+                batch_size=4,
             ),
         )
     )
@@ -131,7 +143,7 @@ def test_video_views_share_one_decoded_clip_and_one_op_sequence(tmp_path):
     class Spec:
         is_video, num_frames, image_size = True, 4, 32
 
-    batch = next(classification.iterator_from_config(config, spec=Spec, per_host_batch=4))
+    batch = next(streams.classification_stream(config, Spec))
     assert batch["image"].shape == (4, 4, 32, 32, 3) and batch["image"].dtype == np.uint8
     assert (batch["erase_boxes"][:, 0, 2] > 0).all()  # p = 1: a box for every clip
     assert batch["label"][0] == batch["label"][1] and batch["label"][2] == batch["label"][3]

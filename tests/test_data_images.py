@@ -1,19 +1,27 @@
 """Tests for the embedded photos and the grain image pretraining pipeline."""
 
+import dataclasses
 import itertools
 import json
 import math
 
+import ml_collections
 import numpy as np
-from PIL import Image
 import pytest
+from PIL import Image
 
-from maskfeat_jax import masking
-from maskfeat_jax.data import embedded, images
+from maskfeat_jax import defaults, masking
+from maskfeat_jax.data import batching, embedded, images, skipping, sources, streams
+from maskfeat_jax.data.batching import StreamOptions
 from tests import tfds_fixture
 from tests.batches import assert_batches_equal, take
 
 SIZE, PATCH = 64, 16  # 4x4 token grid keeps the tests fast.
+STREAM_FIELDS = {f.name for f in dataclasses.fields(StreamOptions)}
+
+
+class ImageSpec:
+    is_video, image_size = False, SIZE
 
 
 def _gen():
@@ -22,17 +30,12 @@ def _gen():
 
 
 def _dataset(photos, **kw):
-    args = dict(
-        image_size=SIZE,
-        patch_size=PATCH,
-        mask_generator=_gen(),
-        per_host_batch=4,
-        seed=0,
-        read_threads=2,
-        prefetch_batches=2,
-    )
-    args.update(kw)
-    return images.make_pretrain_dataset(photos, **args)
+    """``kw``: ``StreamOptions`` fields and pipeline arguments, over the test defaults."""
+    stream = dict(per_host_batch=4, seed=0, read_threads=2, prefetch_batches=2)
+    args = dict(image_size=SIZE, patch_size=PATCH, mask_generator=_gen())
+    for key, value in kw.items():
+        (stream if key in STREAM_FIELDS else args)[key] = value
+    return images.make_pretrain_dataset(photos, StreamOptions(**stream), **args)
 
 
 def _batches_equal(a, b):
@@ -278,7 +281,7 @@ def test_each_epoch_visits_every_photo_once_in_a_new_order():
         assert sorted(e) == list(range(n))
     assert epochs[0] != epochs[1] or epochs[1] != epochs[2]
     # The pipeline's order is exactly the documented index stream.
-    assert stream == list(itertools.islice(images.index_stream(n, seed=0), 3 * n))
+    assert stream == list(itertools.islice(batching.index_stream(n, seed=0), 3 * n))
 
 
 def test_sharding_gives_disjoint_streams_covering_each_epoch():
@@ -290,7 +293,7 @@ def test_sharding_gives_disjoint_streams_covering_each_epoch():
         stream = [i for b in take(ds, 2 * n) for i in _indices(b)]
         assert stream == list(
             itertools.islice(
-                images.index_stream(n, seed=0, shard_index=shard, shard_count=count), 2 * n
+                batching.index_stream(n, seed=0, shard_index=shard, shard_count=count), 2 * n
             )
         )
         per_shard.append(stream)
@@ -298,7 +301,7 @@ def test_sharding_gives_disjoint_streams_covering_each_epoch():
     # Interleaving the host streams rebuilds the global stream: the hosts
     # take disjoint global positions, and together cover every epoch.
     merged = [x for pair in zip(*per_shard) for x in pair]
-    assert merged == list(itertools.islice(images.index_stream(n, seed=0), 2 * n * count))
+    assert merged == list(itertools.islice(batching.index_stream(n, seed=0), 2 * n * count))
     for k in range(2):
         assert sorted(merged[k * n : (k + 1) * n]) == list(range(n))
 
@@ -317,7 +320,7 @@ def test_iterator_state_checkpoint_restore(photos):
     it = iter(_dataset(photos))
     take(it, 3)
     state = it.get_state()
-    json.dumps(state)  # small and serialisable
+    json.dumps(state)  # small and serializable
     after = take(it, 3)
     it.set_state(state)
     assert_batches_equal(take(it, 3), after)
@@ -338,28 +341,26 @@ def test_multiprocess_workers_match_in_process(photos):
         it.close()
 
 
-def test_iterator_from_config_embedded():
-    common = pytest.importorskip("configs.common")
-    config = common.pretrain_config()
+def test_pretrain_stream_embedded():
+    config = defaults.pretrain_config()
     config.input.dataset = "embedded"
     config.input.split = "validation"
+    config.input.batch_size = 2
     assert config.mask.grid is None  # filled with the token grid
-    it = images.iterator_from_config(config, image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
+    it = streams.pretrain_stream(config, ImageSpec, mask_grid=(4, 4))
     first = [next(it) for _ in range(2)]
     for b in first:
         assert b["image"].shape == (2, SIZE, SIZE, 3)
         assert b["image"].dtype == np.uint8
         assert b["mask"].shape == (2, 4, 4) and b["mask"].dtype == bool
         assert (b["mask"].sum(axis=(1, 2)) <= 6).all()
-    again = images.iterator_from_config(config, image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
+    again = streams.pretrain_stream(config, ImageSpec, mask_grid=(4, 4))
     assert_batches_equal([next(again) for _ in range(2)], first)
     # Coarser mask units than tokens are allowed (one unit = 32 px here).
-    b = next(
-        images.iterator_from_config(config, image_size=SIZE, mask_grid=(2, 2), per_host_batch=2)
-    )
+    b = next(streams.pretrain_stream(config, ImageSpec, mask_grid=(2, 2)))
     assert b["mask"].shape == (2, 2, 2)
     with pytest.raises(ValueError, match="must be square and divide"):
-        images.iterator_from_config(config, image_size=SIZE, mask_grid=(3, 3), per_host_batch=2)
+        streams.pretrain_stream(config, ImageSpec, mask_grid=(3, 3))
 
 
 def test_records_with_image_key_are_accepted(photos):
@@ -418,7 +419,7 @@ def image_folder(tmp_path_factory, photos):
 
 
 def test_image_folder_lists_classes_and_decodes(image_folder):
-    source = images.ImageFolder(image_folder)
+    source = sources.ImageFolder(image_folder)
     assert source.classes == ("class_0", "class_1")
     assert [f for f, _ in source.files] == [
         "class_0/a.png",
@@ -432,14 +433,14 @@ def test_image_folder_lists_classes_and_decodes(image_folder):
     assert item["label"] == 0 and source[2]["label"] == 1
     gray = source[2]["image"]  # the grayscale camera photo comes back as RGB
     assert gray.shape == (512, 512, 3) and (gray[..., 0] == gray[..., 2]).all()
-    with pytest.raises(images.skipping.BadImage, match="class_1/broken.jpg"):
+    with pytest.raises(skipping.BadImage, match="class_1/broken.jpg"):
         source[4]
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        images.ImageFolder(image_folder + "_missing")
+        sources.ImageFolder(image_folder + "_missing")
 
 
 def test_bad_images_are_skipped_and_counted(image_folder):
-    source = images.ImageFolder(image_folder)
+    source = sources.ImageFolder(image_folder)
     batches = list(_dataset(source, per_host_batch=5, num_epochs=4))
     skipped = sum(int(b["skipped"].sum()) for b in batches)
     assert skipped >= 4  # the broken file, once per epoch
@@ -463,9 +464,8 @@ def test_eval_pipeline_pads_hosts_to_equal_batches(photos):
     n, batch = len(photos), 4
     per_host = []
     for host in range(4):
-        ds = images.make_image_eval_dataset(
-            photos, image_size=SIZE, per_host_batch=batch, shard_index=host, shard_count=4
-        )
+        options = StreamOptions(per_host_batch=batch, shard_index=host, shard_count=4)
+        ds = images.make_image_eval_dataset(photos, options, image_size=SIZE)
         per_host.append(list(ds))
     assert {len(b) for b in per_host} == {1}  # ceil(ceil(6 / 4) / 4) batches everywhere
     seen = [int(i) for bs in per_host for b in bs for i, ok in zip(b["index"], b["valid"]) if ok]
@@ -475,27 +475,25 @@ def test_eval_pipeline_pads_hosts_to_equal_batches(photos):
     np.testing.assert_array_equal(
         first["image"][0], images.resize_center_crop(photos[0], round(SIZE / 0.875), SIZE)
     )
-    assert images.eval_indices(6, 1, 4, 4) == [1, 5, -1, -1]
+    assert batching.eval_indices(6, 1, 4, 4) == [1, 5, -1, -1]
 
 
-def test_iterator_from_config_reads_folders_and_tfds(image_folder, tmp_path):
-    import ml_collections
-
+def test_pretrain_stream_reads_folders_and_tfds(image_folder, tmp_path):
     def config(**kw):
         c = ml_collections.ConfigDict(dict(seed=0))
         c.mask = ml_collections.ConfigDict(dict(kind="block", grid=None, ratio=0.4))
-        c.input = ml_collections.ConfigDict(dict(split="train", **kw))
+        c.input = ml_collections.ConfigDict(dict(split="train", batch_size=2, **kw))
         return c
 
-    kw = dict(image_size=SIZE, mask_grid=(4, 4), per_host_batch=2)
+    kw = dict(mask_grid=(4, 4))
     root = image_folder.rsplit("/", 1)[0]
-    batch = next(images.iterator_from_config(config(dataset="folder", data_dir=root), **kw))
+    batch = next(streams.pretrain_stream(config(dataset="folder", data_dir=root), ImageSpec, **kw))
     assert batch["image"].shape == (2, SIZE, SIZE, 3)
     # A real (tiny) imagenet2012 ArrayRecord build, read through tfds.data_source.
     tfds_dir = str(tmp_path / "tfds")
     tfds_fixture.write_imagenet2012(tfds_dir, examples_per_split={"train": 4})
     source = config(dataset="imagenet2012", data_dir=tfds_dir)
-    batch = next(images.iterator_from_config(source, **kw))
+    batch = next(streams.pretrain_stream(source, ImageSpec, **kw))
     assert batch["image"].shape == (2, SIZE, SIZE, 3) and "label" in batch
     with pytest.raises(ValueError, match="input.data_dir"):
-        images.iterator_from_config(config(dataset="folder"), **kw)
+        streams.pretrain_stream(config(dataset="folder"), ImageSpec, **kw)

@@ -1,6 +1,7 @@
 """Tests for the video record pipelines: embedded H.264 videos, PyAV clip decoding, training
 and evaluation streams, per-host sharding, iterator state and bad-input skipping."""
 
+import dataclasses
 import io
 
 import av
@@ -14,10 +15,12 @@ from maskfeat_jax.data import (
     embedded,
     embedded_video,
     skipping,
+    streams,
     video_decode,
     video_records,
     videos,
 )
+from maskfeat_jax.data.batching import StreamOptions
 from maskfeat_jax.data.video_records import BadVideo, decode_record, encode_record
 from tests.batches import assert_batches_equal, take
 
@@ -25,6 +28,13 @@ SMALL = embedded_video.EmbeddedVideos(
     videos_per_photo=2, num_frames=40, height=64, width=80, gop=16
 )
 FRAMES, SIZE, GRID = 4, 32, (2, 4, 4)  # one mask unit = 2 frames x 8 x 8 px
+STREAM_FIELDS = {f.name for f in dataclasses.fields(StreamOptions)}
+SAMPLING_ARGS = ("num_frames", "stride", "target_fps", "image_size", "short_side")
+SAMPLING_ARGS += ("min_frames", "short_videos")
+
+
+class VideoSpec:
+    is_video, num_frames, image_size = True, FRAMES, SIZE
 
 
 @pytest.fixture(scope="session")
@@ -41,18 +51,38 @@ def _gen():
     return masking.CubeMaskGenerator(grid=GRID, ratio=0.4)
 
 
+def _split_args(kw, stream, sampling, args):
+    """Sorts ``kw`` into ``StreamOptions`` fields, ``ClipSampling`` arguments and the rest."""
+    for key, value in kw.items():
+        if key in STREAM_FIELDS:
+            stream[key] = value
+        elif key in SAMPLING_ARGS:
+            sampling[key] = value
+        else:
+            args[key] = value
+    return StreamOptions(**stream), videos.ClipSampling(**sampling), args
+
+
 def _dataset(source, **kw):
-    args = dict(
-        num_frames=FRAMES,
-        image_size=SIZE,
-        mask_generator=_gen(),
-        per_host_batch=2,
-        seed=0,
-        read_threads=2,
-        prefetch_batches=2,
+    """``kw``: stream options, clip sampling and pipeline arguments over the test defaults."""
+    options, sampling, args = _split_args(
+        kw,
+        dict(per_host_batch=2, seed=0, read_threads=2, prefetch_batches=2),
+        dict(num_frames=FRAMES, image_size=SIZE, stride=4, target_fps=30.0, short_side=0),
+        dict(mask_generator=_gen()),
     )
-    args.update(kw)
-    return videos.make_video_pretrain_dataset(source, **args)
+    return videos.make_video_pretrain_dataset(source, sampling, options, **args)
+
+
+def _eval_dataset(source, **kw):
+    """``kw`` as for ``_dataset``: a pass over the evaluation views."""
+    options, sampling, args = _split_args(
+        kw,
+        {},
+        dict(num_frames=FRAMES, image_size=SIZE, stride=4, target_fps=30.0, short_side=256),
+        {},
+    )
+    return videos.make_video_eval_dataset(source, sampling, options, **args)
 
 
 def _all_frames(data):
@@ -376,10 +406,8 @@ def test_eval_views_cover_every_video_on_equal_host_batches(data_dir):
     n, clips, crops = len(source), 2, 3
     hosts = []
     for host in range(2):
-        ds = videos.make_video_eval_dataset(
+        ds = _eval_dataset(
             source,
-            num_frames=FRAMES,
-            image_size=SIZE,
             per_host_batch=8,
             stride=4,
             short_side=40,
@@ -405,10 +433,8 @@ def test_eval_views_cover_every_video_on_equal_host_batches(data_dir):
 
 def test_eval_crops_are_left_centre_right_of_the_scaled_frames(data_dir):
     source = video_records.VideoRecords(data_dir, "validation")
-    ds = videos.make_video_eval_dataset(
+    ds = _eval_dataset(
         source,
-        num_frames=FRAMES,
-        image_size=SIZE,
         per_host_batch=3,
         stride=4,
         short_side=40,
@@ -434,10 +460,8 @@ def test_eval_crops_are_left_centre_right_of_the_scaled_frames(data_dir):
 
 def test_bad_eval_video_is_an_invalid_counted_view(train_source, bad_records):
     records = _labelled_records(train_source, 2) + bad_records[:1]
-    ds = videos.make_video_eval_dataset(
+    ds = _eval_dataset(
         records,
-        num_frames=FRAMES,
-        image_size=SIZE,
         per_host_batch=4,
         stride=4,
         short_side=0,
@@ -462,6 +486,7 @@ def _video_config(directory, **input_kw):
             split="validation",
             frame_stride=4,
             short_side=0,
+            batch_size=2,
             embedded_videos=SMALL.__dict__.copy(),
         )
     )
@@ -469,14 +494,16 @@ def _video_config(directory, **input_kw):
     return c
 
 
-def test_iterator_from_config_embedded(data_dir):
-    kw = dict(image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2)
-    first = next(videos.iterator_from_config(_video_config(data_dir), **kw))
+def test_pretrain_stream_embedded(data_dir):
+    first = next(streams.pretrain_stream(_video_config(data_dir), VideoSpec, mask_grid=GRID))
     assert first["image"].shape == (2, FRAMES, SIZE, SIZE, 3)
     assert_batches_equal(
-        [next(videos.iterator_from_config(_video_config(data_dir), **kw))], [first]
+        [next(streams.pretrain_stream(_video_config(data_dir), VideoSpec, mask_grid=GRID))],
+        [first],
     )
-    other = next(videos.iterator_from_config(_video_config(data_dir, seed=4), **kw))
+    other = next(
+        streams.pretrain_stream(_video_config(data_dir, seed=4), VideoSpec, mask_grid=GRID)
+    )
     assert not np.array_equal(other["image"], first["image"])
 
 
@@ -492,17 +519,14 @@ def test_iterator_from_config_embedded(data_dir):
         (dict(short_side=-1), {}, "short_side >= 0"),
     ],
 )
-def test_iterator_from_config_errors(data_dir, overrides, kw, match):
-    args = dict(image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2)
-    args.update(kw)
+def test_pretrain_stream_errors(data_dir, overrides, kw, match):
+    args = {"mask_grid": GRID, **kw}
     with pytest.raises((ValueError, FileNotFoundError), match=match):
-        videos.iterator_from_config(_video_config(data_dir, **overrides), **args)
+        streams.pretrain_stream(_video_config(data_dir, **overrides), VideoSpec, **args)
 
 
-def test_iterator_from_config_needs_cube_masks(data_dir):
+def test_pretrain_stream_needs_cube_masks(data_dir):
     config = _video_config(data_dir)
     config.mask.kind = "block"
     with pytest.raises(ValueError, match="mask.kind=cube"):
-        videos.iterator_from_config(
-            config, image_size=SIZE, num_frames=FRAMES, mask_grid=GRID, per_host_batch=2
-        )
+        streams.pretrain_stream(config, VideoSpec, mask_grid=GRID)

@@ -141,7 +141,7 @@ RECIPES = {
     "--workdir runs/demo": recipe(
         "demo", *STEPS, *NO_PICTURES, outputs=("runs/demo/checkpoints/2", "runs/demo/metrics.jsonl")
     ),
-    "pip install -r requirements-test.txt && python -m pytest -q": recipe("tests", run=False),
+    "pip install -r requirements-test.txt && python -m pytest -q -n 2": recipe("tests", run=False),
     # The same workdir again: the finished run is resumed and ends at once.
     "python -m maskfeat_jax.main --config configs/demo.py --workdir runs/demo": recipe(
         "demo_again", *STEPS, *NO_PICTURES, needs=("demo",), outputs=("runs/demo/checkpoints/2",)
@@ -474,9 +474,10 @@ def _write_slowfast_vit_b(path: str) -> None:
     from flax import nnx
 
     from configs import in1k_vit_b_pretrain
-    from maskfeat_jax import export, models, torch_names
+    from maskfeat_jax import models
+    from maskfeat_jax.interop import export, torch_names
 
-    model = models.build_model(in1k_vit_b_pretrain.get_config().model, nnx.Rngs(0), target_dim=108)
+    model = models.from_config(in1k_vit_b_pretrain.get_config().model, nnx.Rngs(0), target_size=108)
     flat = torch_names.flat_params(model)
     export.write_pyth(path, export.export_params(flat, model.spec, "slowfast"))
 

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import digits as digits_config
-from maskfeat_jax import checkpoint, evaluate, linear_probe, objectives, train
-from maskfeat_jax.data import digits, images
+from maskfeat_jax import checkpoint, evaluate, linear_probe, loop, objectives
+from maskfeat_jax import trainer as trainer_lib
+from maskfeat_jax.data import batching, digits, images
+from maskfeat_jax.experiments import digits_configs
 
 DATA_MESH = (("data", -1), ("fsdp", 1), ("tensor", 1))
 
@@ -56,14 +57,8 @@ def test_two_hosts_cover_every_test_image_once_with_equal_batch_counts():
     source = digits.load_split("test", image_size=24)
     seen, batches = [], []
     for host in range(2):
-        ds = images.make_image_eval_dataset(
-            source,
-            image_size=24,
-            per_host_batch=32,
-            resize_size=24,
-            shard_index=host,
-            shard_count=2,
-        )
+        options = batching.StreamOptions(per_host_batch=32, shard_index=host, shard_count=2)
+        ds = images.make_image_eval_dataset(source, options, image_size=24, resize_size=24)
         host_batches = list(ds)
         batches.append(len(host_batches))
         for b in host_batches:
@@ -73,7 +68,7 @@ def test_two_hosts_cover_every_test_image_once_with_equal_batch_counts():
 
 
 def tiny_classifier_config():
-    c = digits_config.finetune()
+    c = digits_configs.finetune()
     c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
     c.eval.batch_size = 64  # 539 test images: the last batch is padded
     c.mesh = DATA_MESH
@@ -82,9 +77,9 @@ def tiny_classifier_config():
 
 def test_evaluator_counts_each_image_once_and_matches_a_direct_computation(tmp_path):
     config = tiny_classifier_config()
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     state = trainer.init(jax.random.key(3))
-    result = evaluate.Evaluator(trainer, str(tmp_path))(state, step=5)
+    result = loop.evaluator_for(trainer, str(tmp_path))(state, step=5)
     assert (result["num_examples"], result["num_views"]) == (539, 539)
     assert result["invalid_views"] == 9 * 64 - 539
     # Independent: the model on every test image, one at a time through plain numpy views.
@@ -103,7 +98,7 @@ def test_evaluator_counts_each_image_once_and_matches_a_direct_computation(tmp_p
 
 def test_standalone_evaluation_of_a_saved_run(tmp_path):
     config = tiny_classifier_config()
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     state = trainer.init(jax.random.key(1))
     with checkpoint.RunCheckpoints(str(tmp_path / "checkpoints"), every_steps=1) as ckpts:
         ckpts.save(7, state, data=None, rng=jax.random.key(0), config=config, force=True)
@@ -113,8 +108,8 @@ def test_standalone_evaluation_of_a_saved_run(tmp_path):
     restored = checkpoint.restore_run(
         str(tmp_path), sharding.abstract_on_mesh(target, trainer.state_shardings)
     )
-    direct = evaluate.Evaluator(trainer, None)(state, 7)
-    again = evaluate.Evaluator(trainer, str(tmp_path))(restored.state, restored.step)
+    direct = loop.evaluator_for(trainer, None)(state, 7)
+    again = loop.evaluator_for(trainer, str(tmp_path))(restored.state, restored.step)
     assert again["top1"] == direct["top1"] and again["num_examples"] == 539
 
 
@@ -130,11 +125,11 @@ def test_linear_classifier_separates_separable_features():
 
 
 def test_linear_probe_of_a_pretrained_run_reads_only_the_encoder(tmp_path):
-    config = digits_config.probe()
+    config = digits_configs.probe()
     config.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
     config.probe.epochs = 20
     config.target = "pixels"  # another head size than the probe's own (HOG) model
-    pretrained = train.build_trainer(config)
+    pretrained = trainer_lib.build_trainer(config)
     state = pretrained.init(jax.random.key(0))
     checkpoint.save_weights(str(tmp_path / "pt"), state[0], {"config": {}})
     config.target = "hog"

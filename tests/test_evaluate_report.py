@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from configs import common, demo_video
-from maskfeat_jax import evaluate, train
+from configs import demo_video
+from maskfeat_jax import defaults, evaluate, loop
+from maskfeat_jax import trainer as trainer_lib
 from maskfeat_jax.data import embedded_video
 from tests.runs import ROOT
 from tests.test_bad_inputs import GOOD, SETTINGS, video_dataset
@@ -51,8 +52,8 @@ def tiny_video_classifier(data_dir):
     c = demo_video.get_config("vit")
     c.model.update(num_classes=GOOD, image_size=32, num_frames=4, depth=1)
     c.input.update(dataset="records", data_dir=data_dir, batch_size=8, min_frames=4)
-    c.mixup = common.finetune_config().mixup
-    c.eval = common.finetune_config().eval
+    c.mixup = defaults.finetune_config().mixup
+    c.eval = defaults.finetune_config().eval
     c.eval.update(split="validation", batch_size=16, num_clips=2, num_crops=1, short_side=48)
     del c.mask
     return c
@@ -64,10 +65,10 @@ def test_video_evaluation_names_the_dropped_videos_and_keeps_the_accuracy_of_the
     messy = video_dataset(tmp_path / "messy")
     clean = embedded_video.ensure(str(tmp_path / "clean" / "videos"), SETTINGS, workers=1)
     config = tiny_video_classifier(messy)
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     state = trainer.init(jax.random.key(0))
     with caplog.at_level(logging.INFO):
-        result = evaluate.Evaluator(trainer, str(tmp_path / "run"))(state, step=3)
+        result = loop.evaluator_for(trainer, str(tmp_path / "run"))(state, step=3)
     # 21 videos x 2 clips read; cut.mp4 and text.mp4 are unreadable, short.mp4 (3 frames)
     # is shorter than config.input.min_frames.
     assert (result["num_examples"], result["examples_total"]) == (GOOD, GOOD + 3)
@@ -97,7 +98,7 @@ def test_video_evaluation_names_the_dropped_videos_and_keeps_the_accuracy_of_the
     # The same model on the same 21 videos without the three others: the same accuracy, so
     # the dropped videos are not in its denominator.
     config.input.data_dir = clean
-    alone = evaluate.Evaluator(trainer, None)(state, step=3)
+    alone = loop.evaluator_for(trainer, None)(state, step=3)
     assert alone["summary"] == (
         f"Evaluated {GOOD} of {GOOD} videos ({2 * GOOD} of {2 * GOOD} views); none dropped"
     )

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskfeat_jax import checkpoint, export, torch_names
+from maskfeat_jax import checkpoint
+from maskfeat_jax.interop import export, torch_names
 from maskfeat_jax.models import mvit, vit
 from tests.random_models import random_model
 from tests.runs import ROOT, child_env
@@ -312,9 +313,7 @@ def test_export_cli_from_a_checkpoint(tmp_path):
 
     config = demo.get_config("smoke")
     config.model.update(image_size=32, depth=1)
-    from maskfeat_jax import models, train
-
-    model = models.build_model(config.model, nnx.Rngs(0), target_dim=train.target_dim(config, 16))
+    model = export.model_for_config(config, nnx.Rngs(0))
     ckpt = checkpoint.save_weights(
         str(tmp_path / "ckpt"), nnx.state(model), {"config": json.loads(config.to_json())}
     )

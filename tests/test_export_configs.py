@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskfeat_jax import checkpoint, cli, errors, export, finetune, import_torch, torch_names
-from maskfeat_jax import train
+from maskfeat_jax import checkpoint, cli, errors, tasks
+from maskfeat_jax.interop import export, import_torch, torch_names
 from tests.random_models import random_params
 from tests.runs import ROOT, child_env
 
@@ -106,11 +106,11 @@ def test_each_config_describes_the_model_its_checkpoints_hold(name, monkeypatch)
     config, spec, flat = abstract(name)
     monkeypatch.setattr(export, "abstract_params", abstract_params_once)
     assert export.spec_of_checkpoint(config, flat) == spec
-    if finetune.is_classification(config):  # fine-tuning configs have no hog/mask/target
+    task = tasks.from_config(config)
+    if not task.is_pretraining:  # fine-tuning configs have no hog/mask/target
         assert "hog" not in config and flat["head/kernel"].shape[-1] == config.model.num_classes
     else:
-        want = train.target_dim(config, spec.patch_size)
-        assert flat["pred_head/proj/kernel"].shape[-1] == want
+        assert flat["pred_head/proj/kernel"].shape[-1] == task.target_size
 
 
 @pytest.mark.parametrize("name,naming", pairs(lambda n, ok: ok and n in TORCH_BUILT))
@@ -190,7 +190,7 @@ def test_command_lines_from_a_scanned_fine_tuning_config(tmp_path):
         "--config", "configs/in1k_vit_l_finetune.py", *overrides, "--out", str(imported),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fine-tuning form" in proc.stdout and "Freshly initialised" not in proc.stdout
+    assert "fine-tuning form" in proc.stdout and "Freshly initialized" not in proc.stdout
     weights, _ = checkpoint.load_weights(str(imported))
     assert weights.keys() == flat.keys()
     for key, value in flat.items():

@@ -10,14 +10,15 @@ import pytest
 from flax import nnx
 
 from configs import (
-    common,
-    digits,
     in1k_vit_b_finetune,
     in1k_vit_l_finetune,
     k400_mvitv2_l_finetune,
     k400_mvitv2_s_finetune,
 )
-from maskfeat_jax import checkpoint, finetune, optim, sharding, torch_names, train
+from maskfeat_jax import checkpoint, defaults, finetune, loop, optim, sharding
+from maskfeat_jax import trainer as trainer_lib
+from maskfeat_jax.experiments import digits_configs
+from maskfeat_jax.interop import torch_names
 from maskfeat_jax.models import layers, mvit, vit
 
 DATA_MESH = (("data", -1), ("fsdp", 1), ("tensor", 1))
@@ -108,7 +109,7 @@ def test_layer_decay_scales_the_whole_adamw_update_including_weight_decay():
     model = vit.ViT(spec, rngs=nnx.Rngs(0))
     params = nnx.state(model, nnx.Param)
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
-    cfg = ml_collections.ConfigDict(common.finetune_config().optim.to_dict())
+    cfg = ml_collections.ConfigDict(defaults.finetune_config().optim.to_dict())
     cfg.update(layer_decay=0.5, clip_grad_norm=0.0)
     plain_cfg = ml_collections.ConfigDict(cfg.to_dict())
     plain_cfg.layer_decay = None
@@ -159,7 +160,7 @@ def test_drop_path_is_active_only_with_a_key():
 
 
 def tiny_finetune_config(**optim):
-    c = digits.finetune()
+    c = digits_configs.finetune()
     c.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
     c.input.batch_size = 16
     c.total_steps = 4
@@ -179,7 +180,7 @@ def labelled_batch(config, seed=0):
 
 def test_classification_loss_without_mixing_is_smoothed_cross_entropy():
     config = tiny_finetune_config()
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     model = nnx.merge(trainer.graphdef, trainer.init(jax.random.key(0)))[0]
     model.drop_rates = (0.0,) * len(model.drop_rates)  # deterministic logits
     batch = jax.tree.map(jnp.asarray, labelled_batch(config))
@@ -199,7 +200,7 @@ def test_finetune_steps_train_and_keep_an_exact_ema():
     config = tiny_finetune_config(ema_decay=0.9)
     config.input.erase_prob = 0.25
     config.mixup.update(mixup_alpha=0.8, cutmix_alpha=1.0)
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     assert set(trainer.abstract_batch()) == {"image", "label", "erase_boxes"}
     state = trainer.init(jax.random.key(0))
     ema0 = {k: np.asarray(v) for k, v in _flat(nnx.to_pure_dict(state[2])).items()}
@@ -221,19 +222,19 @@ def test_finetune_steps_train_and_keep_an_exact_ema():
 
 
 def test_finetuning_starts_from_the_pretrained_encoder_exactly(tmp_path):
-    pre = digits.pretrain()
+    pre = digits_configs.pretrain()
     pre.model.update(width=32, depth=2, num_heads=2, mlp_dim=64)
     pre.mesh = DATA_MESH
-    pt = train.build_trainer(pre)
+    pt = trainer_lib.build_trainer(pre)
     pt_state = pt.init(jax.random.key(7))
     checkpoint.save_weights(str(tmp_path / "pt"), pt_state[0], {"config": {}})
     source = {k: np.asarray(v) for k, v in _flat(nnx.to_pure_dict(pt_state[0])).items()}
 
     config = tiny_finetune_config()
     config.init_from = str(tmp_path / "pt")
-    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
+    trainer = trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh))
     ckpts = checkpoint.RunCheckpoints(str(tmp_path / "ft"), every_steps=100)
-    state, _, step, origin = train.initial_state(trainer, ckpts, data=None)
+    state, _, step, origin = loop.initial_state(trainer, ckpts, data=None)
     ckpts.close()
     assert (step, origin) == (0, "init_from")
     loaded = {k: np.asarray(v) for k, v in _flat(nnx.to_pure_dict(state[0])).items()}
@@ -275,14 +276,14 @@ def test_finetune_configs_carry_the_reference_recipe(
     video = c.model.name == "mvit"
     assert c.input.rand_augment == ("rand-m7-mstd0.5-inc1" if video else "rand-m9-mstd0.5-inc1")
     assert c.optim.clip_grad_norm == (5.0 if video else 0.0)
-    trainer = train.build_trainer(c)  # abstract: shapes, shardings and the schedule
+    trainer = trainer_lib.build_trainer(c)  # abstract: shapes, shardings and the schedule
     steps_per_epoch = c.input.examples_per_epoch * c.input.get("repeats", 1) // c.input.batch_size
     np.testing.assert_allclose(trainer.schedule(warmup * steps_per_epoch), lr, rtol=1e-4)
     if video:
         assert trainer.spec.grid == (8, 7, 7)  # the fine-tuning form: block-14 q stride back
         assert (c.eval.num_clips, c.eval.num_crops, c.eval.short_side) == (10, 1, 256)
     assert "mask" not in trainer.abstract_batch()
-    assert train.eval_interval(c) == c.eval.every_epochs * steps_per_epoch
+    assert loop.eval_interval(c) == c.eval.every_epochs * steps_per_epoch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,13 +330,13 @@ def test_video_finetune_with_multi_view_testing(tmp_path):
         repeats=2,
         examples_per_epoch=21,
     )
-    c.mixup = common.finetune_config().mixup
+    c.mixup = defaults.finetune_config().mixup
     c.optim.update(layer_decay=0.75, ema_decay=0.99, warmup_steps=1)
     c.total_steps = 2
-    c.eval = common.finetune_config().eval
+    c.eval = defaults.finetune_config().eval
     c.eval.update(split="validation", batch_size=16, num_clips=2, num_crops=3, short_side=64)
     del c.mask
-    last = train.run(c, str(tmp_path))
+    last = loop.run(c, str(tmp_path))
     assert np.isfinite(last["loss"])
     assert (last["eval_num_examples"], last["eval_num_views"]) == (21, 126)
     assert last["eval_views_per_example_min"] == last["eval_views_per_example_max"] == 6

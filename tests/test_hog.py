@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskfeat_jax import hog as hog_lib
+from maskfeat_jax import hog_gradients
 from maskfeat_jax.hog import hog, hog_targets, hog_targets_video
 
 MEAN = np.array([0.485, 0.456, 0.406]) * 255.0
@@ -71,7 +71,7 @@ def ref_votes(bins, mag, nbins=9, cell=8):
 
 
 def ref_cells(bins, mag, nbins=9, cell=8):
-    """Cell votes, then per (cell, channel) L2 normalisation with eps 1e-12."""
+    """Cell votes, then per (cell, channel) L2 normalization with eps 1e-12."""
     hist = ref_votes(bins, mag, nbins, cell)
     norm = np.sqrt((hist**2).sum(-1, keepdims=True))
     return hist / np.maximum(norm, 1e-12)
@@ -151,12 +151,12 @@ def photos_u8():
 
 @pytest.fixture(scope="module")
 def photos_norm(photos_u8):
-    """ImageNet mean/std normalised photos, float32 (what the model sees)."""
+    """ImageNet mean/std normalized photos, float32 (what the model sees)."""
     return ((photos_u8 - MEAN) / STD).astype(np.float32)
 
 
-_jit_pixel_bins = jax.jit(hog_lib._pixel_bins, static_argnames=("nbins", "method"))
-_jit_gradients = jax.jit(hog_lib._gradients)
+_jit_pixel_bins = jax.jit(hog_gradients.pixel_bins, static_argnames=("nbins", "method"))
+_jit_gradients = jax.jit(hog_gradients.gradients)
 
 
 # ----------------------------------------------------------------------------
@@ -208,12 +208,12 @@ def test_matches_float64_reference_non_square_and_window():
     assert np.abs(windowed - plain).max() > 0.05  # the window matters
 
 
-def test_matches_float64_reference_on_normalised_photos(photos_norm):
-    """Normalised input: bins can only differ where rounding decides them.
+def test_matches_float64_reference_on_normalized_photos(photos_norm):
+    """Normalized input: bins can only differ where rounding decides them.
 
     The reference evaluates the Sobel of the same float32 values exactly (in
     float64); we evaluate it in float32. Where the integer gradient of the
-    photo is 0 only by cancellation, the normalised values give a ~1e-7
+    photo is 0 only by cancellation, the normalized values give a ~1e-7
     residue whose sign is rounding-dependent (bin 0 vs 8) on both sides; in
     a handful of pixels exact arithmetic cancels to 0 while float32 leaves a
     1-ulp residue (a pixel difference straddling 0 is rounded). Every other
@@ -237,7 +237,7 @@ def test_bfloat16_input_is_computed_in_float32(photos_norm):
     x16 = jnp.asarray(photos_norm[:2, :128, :128], jnp.bfloat16)
     gx, gy = _jit_gradients(x16)
     assert gx.dtype == gy.dtype == jnp.float32
-    assert hog_lib._magnitude(gx, gy).dtype == jnp.float32
+    assert hog_gradients.magnitude(gx, gy).dtype == jnp.float32
     out = hog(x16)
     assert out.dtype == jnp.float32
     # The float64 reference on the very same (bf16-rounded) values.
@@ -264,7 +264,7 @@ def test_exact_zeros_on_8bit_image(photos_u8):
         np.testing.assert_array_equal(np.asarray(bins), expected, err_msg=method)
 
 
-def test_exact_zeros_survive_normalisation(photos_u8, photos_norm):
+def test_exact_zeros_survive_normalization(photos_u8, photos_norm):
     """Where every pixel difference entering gx is 0, gx is exactly 0 at any scale."""
     x = photos_u8.astype(np.int64)
     xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
@@ -296,7 +296,7 @@ def test_constant_images_give_exact_zeros():
 
 @functools.partial(jax.jit, static_argnums=2)
 def _codes_jit(gx, gy, nbins):
-    return hog_lib._sign_test_bins(gx, gy, hog_lib._magnitude(gx, gy), nbins)
+    return hog_gradients.sign_test_bins(gx, gy, hog_gradients.magnitude(gx, gy), nbins)
 
 
 def _codes(gx, gy, nbins=9):
@@ -304,7 +304,7 @@ def _codes(gx, gy, nbins=9):
 
 
 def _atan2(gx, gy, nbins=9):
-    f = jax.jit(hog_lib._atan2_bins, static_argnums=2)
+    f = jax.jit(hog_gradients.atan2_bins, static_argnums=2)
     return np.asarray(f(jnp.asarray(gx, jnp.float32), jnp.asarray(gy, jnp.float32), nbins))
 
 
@@ -386,11 +386,11 @@ def test_atan2_fallback_handles_more_than_its_capacity():
     # Multiples of 2**-20 below 16: exact in float32. gx = 8 * 2**-20, gy = -8.
     padded = rows + planes - cols * np.float32(2.0**-20)
     padded = jnp.asarray(padded)
-    gx, gy = hog_lib._sobel(padded)
-    codes = np.asarray(hog_lib._sign_test_bins(gx, gy, hog_lib._magnitude(gx, gy), 9))
+    gx, gy = hog_gradients.sobel_separable(padded)
+    codes = np.asarray(hog_gradients.sign_test_bins(gx, gy, hog_gradients.magnitude(gx, gy), 9))
     assert np.all(codes == -1)
-    got, _ = jax.jit(hog_lib._bins_and_magnitude, static_argnums=(1, 2))(padded, 9, "sign")
-    want, _ = hog_lib._bins_and_magnitude(padded, 9, "atan2")
+    got, _ = jax.jit(hog_gradients.bins_and_magnitude, static_argnums=(1, 2))(padded, 9, "sign")
+    want, _ = hog_gradients.bins_and_magnitude(padded, 9, "atan2")
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
 
@@ -430,7 +430,7 @@ def test_matches_torch_on_raw_photos(photos_u8):
     )
 
 
-def test_matches_torch_on_normalised_photos(photos_norm):
+def test_matches_torch_on_normalized_photos(photos_norm):
     """As against float64: only rounding-decided pixels may differ."""
     expected, tgx, tgy = _torch_side(photos_norm)
     ours = ours_per_pixel(photos_norm)
@@ -443,10 +443,10 @@ def test_matches_torch_on_normalised_photos(photos_norm):
 
 
 # ----------------------------------------------------------------------------
-# Normalisation invariance
+# Normalization invariance
 
 
-def test_invariant_to_exact_affine_normalisation(photos_u8):
+def test_invariant_to_exact_affine_normalization(photos_u8):
     """(x - 128) / 64 and x * 2**-30 are exact in float32, so nothing may change."""
     x = photos_u8.astype(np.float32)
     expected = np.asarray(hog(jnp.asarray(x)))
@@ -463,7 +463,7 @@ def test_l2_epsilon_regime(photos_u8):
     np.testing.assert_allclose(hog(jnp.asarray(x)), ref_hog(x), atol=1e-6)
 
 
-def test_invariant_to_imagenet_normalisation_on_generic_images():
+def test_invariant_to_imagenet_normalization_on_generic_images():
     """Continuous-valued images: no exact cancellations, so ~1e-6 everywhere."""
     rng = np.random.default_rng(2)
     x = (rng.random((4, 256, 256, 3)) * 255).astype(np.float32)
@@ -472,16 +472,16 @@ def test_invariant_to_imagenet_normalisation_on_generic_images():
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_imagenet_normalisation_on_8bit_photos_only_moves_ties(photos_u8, photos_norm):
+def test_imagenet_normalization_on_8bit_photos_only_moves_ties(photos_u8, photos_norm):
     """On 8-bit photos invariance holds except at integer-cancellation ties.
 
     Where the integer gx is 0 but its three row differences are not all 0,
-    normalised float32 gx is a residue of either sign: the vote moves between
+    normalized float32 gx is a residue of either sign: the vote moves between
     bin 0 and bin nbins-1 (or, if gy is also such a residue, anywhere with a
     negligible magnitude). Every other pixel keeps its bin; cells without
-    such pixels keep their histogram to 1e-5: normalised float32 values
+    such pixels keep their histogram to 1e-5: normalized float32 values
     carry ~3e-8 relative rounding, which a one-step gradient (0.017 after
-    normalisation) amplifies to ~1e-5 relative; measured worst cell ~2.4e-6.
+    normalization) amplifies to ~1e-5 relative; measured worst cell ~2.4e-6.
     """
     raw_bins, _ = _jit_pixel_bins(jnp.asarray(photos_u8))
     nrm_bins, nrm_mag = _jit_pixel_bins(jnp.asarray(photos_norm))
@@ -619,7 +619,7 @@ def test_jit_vmap_and_no_gradient():
 
 
 # ----------------------------------------------------------------------------
-# input_kind="normalized": the reference's numbers on the normalised input
+# input_kind="normalized": the reference's numbers on the normalized input
 
 
 def _integer_sobel_zero(x_u8):
@@ -638,7 +638,7 @@ def _cancelling_pattern_u8(size=32):
 
     x = 128 + (-1)**row * (col // 2): the differences across two columns are
     -1, +1, -1 down the rows (1 - 2 + 1 = 0) and the rows two apart are equal.
-    After mean/std normalisation the three differences no longer cancel
+    After mean/std normalization the three differences no longer cancel
     exactly, so a 3x3 correlation leaves a rounding residue of either sign.
     """
     r, c = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
@@ -646,7 +646,7 @@ def _cancelling_pattern_u8(size=32):
     return np.repeat(x[None, :, :, None], 3, axis=-1).astype(np.uint8)
 
 
-def _normalise(x_u8):
+def _normalize(x_u8):
     return ((x_u8 - MEAN) / STD).astype(np.float32)
 
 
@@ -654,7 +654,8 @@ def test_normalized_mode_gradients_are_the_reference_3x3_correlation(photos_norm
     """Bit for bit equal to PyTorch's conv2d on the same float32 input (CPU)."""
     _, tgx, tgy = _torch_side(photos_norm[:2, :64, :64])
     x = jnp.asarray(photos_norm[:2, :64, :64])
-    gx, gy = (np.asarray(a) for a in jax.jit(hog_lib._gradients, static_argnums=1)(x, "normalized"))
+    gradients = jax.jit(hog_gradients.gradients, static_argnums=1)
+    gx, gy = (np.asarray(a) for a in gradients(x, "normalized"))
     np.testing.assert_array_equal(gx, tgx)
     np.testing.assert_array_equal(gy, tgy)
 
@@ -677,8 +678,8 @@ def test_normalized_mode_matches_torch_on_non_flat_cells(photos_u8, photos_norm)
 
 def test_normalized_mode_zeros_cells_of_pure_rounding_residue():
     """Integer Sobel 0 everywhere: the reference returns noise, we return zeros."""
-    x = _normalise(_cancelling_pattern_u8())
-    gx, _ = (np.asarray(a) for a in hog_lib._gradients(jnp.asarray(x), "normalized"))
+    x = _normalize(_cancelling_pattern_u8())
+    gx, _ = (np.asarray(a) for a in hog_gradients.gradients(jnp.asarray(x), "normalized"))
     residue = np.abs(gx[:, 1:-1, 1:-1])
     assert residue.max() > 0 and residue.max() < 1e-5  # the test has teeth
     expected, _, _ = _torch_side(x)
@@ -696,18 +697,18 @@ def test_normalized_mode_keeps_the_smallest_real_gradient():
     for levels in (255.0, 65535.0):
         x = np.full((1, 16, 32, 3), 100.0)
         x[:, :, 12:] = 101.0  # the step is inside the cells of columns 8-15
-        normalised = ((x / levels - MEAN / 255) / (STD / 255)).astype(np.float32)
-        out = np.asarray(hog(jnp.asarray(normalised), input_kind="normalized"))
-        expected, _, _ = _torch_side(normalised)
+        normalized = ((x / levels - MEAN / 255) / (STD / 255)).astype(np.float32)
+        out = np.asarray(hog(jnp.asarray(normalized), input_kind="normalized"))
+        expected, _, _ = _torch_side(normalized)
         np.testing.assert_allclose(out[:, :, 1], expected[:, :, 1], atol=1e-6)
         assert np.all(out[:, :, 1, :, 4] > 0.99)
         assert np.all(out[:, :, [0, 2, 3]] == 0.0)
 
 
 def test_residue_bound_separates_rounding_from_real_gradients(photos_u8, photos_norm):
-    """On normalised 8-bit photos: residue pixels == integer Sobel exactly 0."""
-    padded = hog_lib._padded_planes(jnp.asarray(photos_norm))
-    residue = np.asarray(hog_lib._residue_pixels(padded, *hog_lib._sobel_3x3(padded)))
+    """On normalized 8-bit photos: residue pixels == integer Sobel exactly 0."""
+    padded = hog_gradients.padded_planes(jnp.asarray(photos_norm))
+    residue = np.asarray(hog_gradients.residue_pixels(padded, *hog_gradients.sobel_3x3(padded)))
     residue = residue.reshape(256, 256, 4, 3).transpose(2, 0, 1, 3)
     np.testing.assert_array_equal(residue, _integer_sobel_zero(photos_u8))
 
@@ -732,7 +733,7 @@ def test_normalized_mode_vs_pixels_mode_on_8bit_photos(photos_u8, photos_norm):
     """Invariance holds on every cell without residue pixels (measured 7.3e-7).
 
     A residue is a component that is exactly 0 for the 8-bit image but not
-    after normalisation (the 3x3 sums round; even a constant region gives
+    after normalization (the 3x3 sums round; even a constant region gives
     gy = -2.4e-7 at values near 2). A residue gx sends the vote to bin 0 or
     bin 8 by its sign; a pixel without real gradient votes its ~1e-7
     magnitude, up to ~2e-4 of a low-contrast cell's histogram. Such pixels
@@ -742,7 +743,8 @@ def test_normalized_mode_vs_pixels_mode_on_8bit_photos(photos_u8, photos_norm):
     pixel_mode = np.asarray(hog(jnp.asarray(photos_u8)))
     normalized = np.asarray(hog(jnp.asarray(photos_norm), input_kind="normalized"))
     gx_int, gy_int = ref_gradients(photos_u8)
-    gx, gy = (np.asarray(a) for a in hog_lib._gradients(jnp.asarray(photos_norm), "normalized"))
+    grads = hog_gradients.gradients(jnp.asarray(photos_norm), "normalized")
+    gx, gy = (np.asarray(a) for a in grads)
     residue = ((gx_int == 0) & (gx != 0)) | ((gy_int == 0) & (gy != 0))
     clean_cells = _cells_all(~residue, 8)
     diff = np.abs(pixel_mode - normalized).max(-1)
@@ -753,7 +755,7 @@ def test_normalized_mode_vs_pixels_mode_on_8bit_photos(photos_u8, photos_norm):
 
 def test_normalized_mode_sign_bins_equal_atan2_bins(photos_norm):
     x = jnp.asarray(photos_norm[:, :64, :64])
-    bins = jax.jit(hog_lib._pixel_bins, static_argnames=("nbins", "method", "input_kind"))
+    bins = jax.jit(hog_gradients.pixel_bins, static_argnames=("nbins", "method", "input_kind"))
     a, ma = bins(x, method="sign", input_kind="normalized")
     b, mb = bins(x, method="atan2", input_kind="normalized")
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -779,21 +781,21 @@ def test_train_targets_follow_config_hog_input(photos_u8, photos_norm):
     """compute_targets: "pixels" uses the uint8 view, "normalized" the encoder input."""
     import types
 
-    from configs import common
-    from maskfeat_jax import errors, train
+    from maskfeat_jax import defaults
+    from maskfeat_jax import errors, pretrain
 
-    config = common.pretrain_config()
+    config = defaults.pretrain_config()
     spec = types.SimpleNamespace(is_video=False, patch_size=16, tubelet=2)
     pixels, images = jnp.asarray(photos_u8[:1, :64, :64]), jnp.asarray(photos_norm[:1, :64, :64])
     assert config.hog.input == "pixels"
     np.testing.assert_array_equal(
-        train.compute_targets(pixels, images, spec, config), hog_targets(pixels)
+        pretrain.compute_targets(pixels, images, spec, config), hog_targets(pixels)
     )
     config.hog.input = "normalized"
     np.testing.assert_array_equal(
-        train.compute_targets(pixels, images, spec, config),
+        pretrain.compute_targets(pixels, images, spec, config),
         hog_targets(images, input_kind="normalized"),
     )
     config.hog.input = "raw"
     with pytest.raises(errors.ConfigError, match="config.hog.input='raw'.*pixels.*normalized"):
-        train.compute_targets(pixels, images, spec, config)
+        pretrain.compute_targets(pixels, images, spec, config)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskfeat_jax import checkpoint, export, import_torch, sharding, torch_names, train
+from maskfeat_jax import checkpoint, loop, sharding
+from maskfeat_jax import trainer as trainer_lib
+from maskfeat_jax.interop import export, import_torch, torch_names
 from maskfeat_jax.models import transfer, vit
 from tests.random_models import random_model
 from tests.runs import ROOT, child_env
@@ -26,7 +28,7 @@ timm.layers.set_fused_attn(False)
 
 
 def _template(spec, seed=0):
-    """A freshly initialised target model's flat params (what import fills in)."""
+    """A freshly initialized target model's flat params (what import fills in)."""
     return torch_names.flat_params(random_model(spec, seed=seed))
 
 
@@ -121,7 +123,8 @@ def test_slowfast_pretraining_pyth_into_a_larger_finetuning_model(tmp_path):
     pt = random_model(pt_spec, seed=5)
     exp = export.export_model(pt, "slowfast")
     path = export.write_pyth(str(tmp_path / "ssl_checkpoint_epoch_00300.pyth"), exp)
-    ft_spec = vit_spec(image_size=64, num_classes=3)  # 4x4 patches
+    # 4x4 patches; no target size, as a fine-tuning config builds it
+    ft_spec = vit_spec(image_size=64, num_classes=3, target_size=0)
     template = _template(ft_spec, seed=6)
     got = import_torch.import_params(
         import_torch.load_state_dict(path), ft_spec, template, "slowfast"
@@ -199,13 +202,13 @@ def test_import_cli_writes_a_checkpoint_that_init_from_loads(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"--config.init_from={out}" in proc.stdout
-    assert "Freshly initialised (not in the file): mask_token" in proc.stdout
+    assert "Freshly initialized (not in the file): mask_token" in proc.stdout
 
     config.init_from = str(out)
     config.mesh = (("data", 1), ("fsdp", 1), ("tensor", 1))
-    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
+    trainer = trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh, jax.devices()[:1]))
     with checkpoint.RunCheckpoints(str(tmp_path / "run"), every_steps=10) as ckpts:
-        state, _, step, source_name = train.initial_state(trainer, ckpts, data=None)
+        state, _, step, source_name = loop.initial_state(trainer, ckpts, data=None)
     assert (step, source_name) == (0, "init_from")
     loaded = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in
               nnx.to_flat_state(state[0])}  # fmt: skip
@@ -221,7 +224,7 @@ def test_mvit_pretraining_weights_into_the_finetuning_form_resize_rel_pos_tables
     from maskfeat_jax.models import mvit
 
     # A block after the last stage start sees 4x4 (PT) or 2x2 (FT) tokens.
-    pt_spec, ft_spec = mvit_spec(depth=5), mvit_spec(depth=5, num_classes=4)
+    pt_spec, ft_spec = mvit_spec(depth=5), mvit_spec(depth=5, num_classes=4, target_size=0)
     pt = torch_names.flat_params(random_model(pt_spec, seed=8))
     template = _template(ft_spec, seed=9)
     resized = [k for k in template if "rel_pos" in k and template[k].shape != pt[k].shape]

@@ -369,7 +369,7 @@ def test_real_runs_execute_the_printed_commands(tmp_path):
         assert shlex.join(printed[0]) in real.stderr
     with tarfile.open(tmp_path / "shipped.tar.gz") as tar:
         names = set(tar.getnames())
-    assert {"requirements.txt", "maskfeat_jax/main.py", "launch/tpu.py", "configs/common.py"} <= (
+    assert {"requirements.txt", "maskfeat_jax/main.py", "launch/tpu.py", "maskfeat_jax/defaults.py"} <= (
         names
     )
     assert not any(n.startswith(("runs/", ".git/")) or "__pycache__" in n for n in names)

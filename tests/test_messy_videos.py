@@ -5,8 +5,9 @@ evaluation over the records lose nothing to timing, rotation, size or length."""
 import numpy as np
 import pytest
 
-from configs import common, demo_video
-from maskfeat_jax import train
+from configs import demo_video
+from maskfeat_jax import defaults
+from maskfeat_jax import loop
 from maskfeat_jax.data import prepare_video, video_records
 from tests import messy_videos as mv
 from tests import runs
@@ -78,14 +79,14 @@ def test_multi_view_evaluation_uses_every_video(zoo, tmp_path):
     c.model.update(embed_dim=16, depth=3, stage_starts=(1, 2))
     c.input.update(dataset="records", data_dir=out, batch_size=8, scale=(0.08, 1.0))
     c.input.update(examples_per_epoch=16)
-    c.mixup = common.finetune_config().mixup
+    c.mixup = defaults.finetune_config().mixup
     c.optim.update(warmup_steps=1)
     c.total_steps = 2
-    c.eval = common.finetune_config().eval
+    c.eval = defaults.finetune_config().eval
     # short_side 0: videos at their stored size, the 24 x 32 one smaller than the crop.
     c.eval.update(split="validation", batch_size=16, num_clips=2, num_crops=3, short_side=0)
     del c.mask
-    last = train.run(c, str(tmp_path))
+    last = loop.run(c, str(tmp_path))
     videos = sum(kind != "unplayable" for kind in kinds.values())
     assert (last["eval_num_examples"], last["eval_num_views"]) == (videos, 6 * videos)
     assert last["eval_views_per_example_min"] == 6

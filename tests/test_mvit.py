@@ -2,31 +2,31 @@
 generic MViT class built with MaskFeat's block settings, mask-token semantics, the
 relative-position table resize, remat and input errors."""
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
-from maskfeat_jax import torch_names
+from maskfeat_jax.interop import torch_names
 from maskfeat_jax.models import mvit
 
 torch = pytest.importorskip("torch")
-from benchmarks import torch_reference  # noqa: E402
-from tests.random_models import random_params  # noqa: E402
+from benchmarks import torch_reference
+from tests.random_models import random_params
 
 
 def small_spec(**kw):
     # 8 frames at 64 px: 4x16x16 input tokens, q-pooled to 8x8 and 4x4; the last stage start
     # keeps 4x4 in the pretraining form (16-px output tokens, like the full model).
-    base = dict(embed_dim=16, num_heads=1, depth=4, stage_starts=(1, 2, 3))
+    base = {"embed_dim": 16, "num_heads": 1, "depth": 4, "stage_starts": (1, 2, 3)}
     base.update(num_frames=8, image_size=64)
     base.update(kw)
     return mvit.make_spec("MViTv2-S", **base)
 
 
 def build(spec, seed=0, dtype=jnp.float32, **kw):
-    """A model with random parameters, without compiling the initialisers (slow on CPU)."""
+    """A model with random parameters, without compiling the initializers (slow on CPU)."""
     model = nnx.eval_shape(lambda: mvit.MViT(spec, dtype=dtype, rngs=nnx.Rngs(0), **kw))
     torch_names.load_flat_params(model, random_params(torch_names.flat_params(model), seed))
     return model
@@ -372,37 +372,3 @@ def test_pretrained_weights_move_to_the_finetune_form_with_resized_rel_pos():
     with pytest.raises(ValueError, match=r"2 parameter\(s\) do not fit") as err:
         mvit.transfer_params(wrong, template)
     assert "blocks/0/attn/qkv/kernel: shape (96, 3)" in str(err.value)
-
-
-@pytest.mark.parametrize(
-    "stride,batch",
-    [((1, 1, 1), 3), ((1, 2, 2), 3), ((1, 8, 8), 3), ((2, 2, 2), 3), ((1, 2, 2), 17)],
-)
-def test_cpu_depthwise_pooling_and_its_gradients_equal_the_grouped_convolution(stride, batch):
-    # batch 17 x 4 frames sums more (batch, frame) terms than the unrolled weight gradient
-    # takes, so it checks the reduction fallback too.
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(batch, 4, 16, 16, 8)))
-    w = jnp.asarray(rng.normal(size=(3, 3, 3, 1, 8)))
-
-    def conv(x, w):
-        return jax.lax.conv_general_dilated(
-            x,
-            w,
-            stride,
-            [(1, 1)] * 3,
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-            feature_group_count=8,
-        )
-
-    with jax.enable_x64(True):
-        x, w = x.astype(jnp.float64), w.astype(jnp.float64)
-        want = conv(x, w)
-        got = mvit._depthwise_shifts(x, w, stride)
-        assert got.shape == want.shape
-        np.testing.assert_allclose(got, want, atol=1e-12, rtol=0)
-        g = jnp.asarray(rng.normal(size=want.shape))
-        ref_dx, ref_dw = jax.vjp(conv, x, w)[1](g)
-        dx, dw = jax.vjp(lambda a, b: mvit._depthwise_shifts(a, b, stride), x, w)[1](g)
-        np.testing.assert_allclose(dx, ref_dx, atol=1e-11, rtol=0)
-        np.testing.assert_allclose(dw, ref_dw, atol=1e-11, rtol=0)

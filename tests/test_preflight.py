@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, demo, in1k_vit_b_finetune
-from maskfeat_jax import checkpoint, errors, preflight
+from configs import demo, in1k_vit_b_finetune
+from maskfeat_jax import checkpoint, errors, preflight, tasks
 from tests import tfds_fixture
 from tests.runs import run_main
 
@@ -67,19 +67,12 @@ def test_fine_tuning_checks_its_eval_split_too(tmp_path):
     tfds_fixture.write_imagenet2012(str(tmp_path / "tfds"), examples_per_split={"train": 8})
     config = in1k_vit_b_finetune.get_config()
     config.input.data_dir = str(tmp_path / "tfds")
-    spec = preflight_spec(config)
     with pytest.raises(errors.DataError, match=r"has no split 'validation' \(it has \['train'\]\)"):
-        preflight.describe_data(config, spec, str(tmp_path))
+        preflight.describe_data(tasks.from_config(config), str(tmp_path))
     config.eval.split = "train"
-    assert preflight.describe_data(config, spec, str(tmp_path)) == [
+    assert preflight.describe_data(tasks.from_config(config), str(tmp_path)) == [
         f"Data: imagenet2012 split 'train' ({tmp_path}/tfds): 8 records."
     ]
-
-
-def preflight_spec(config):
-    from maskfeat_jax import models
-
-    return models.model_spec(config.model)
 
 
 def test_a_workdir_that_cannot_be_written(tmp_path):
@@ -140,4 +133,3 @@ def test_first_log_lines_name_the_data_and_the_outputs(tmp_path):
     assert logged.index(logged[outputs + 1]) < next(
         i for i, line in enumerate(logged) if line.startswith(COMPILED)
     )
-    assert common  # the configs package is importable here

@@ -1,5 +1,5 @@
 """The tiny imagenet2012 build of tests/tfds_fixture.py reads back like real ImageNet: through
-plain tfds in a fresh process, and through the project's own `open_source`."""
+plain tfds in a fresh process, and through the project's own `sources.open_image_source`."""
 
 import json
 import os
@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from configs import common
-from maskfeat_jax.data import images
+from maskfeat_jax import defaults
+from maskfeat_jax.data import images, sources
 from tests.tfds_fixture import SYNSETS, example_image, example_label, write_imagenet2012
 
 SPLITS = {"train": 32, "validation": 16}
@@ -110,12 +110,12 @@ def test_records_are_tf_examples_with_jpeg_bytes(imagenet_dir):
 
 
 def test_open_source_reads_the_build(imagenet_dir):
-    config = common.pretrain_config()
+    config = defaults.pretrain_config()
     config.input.dataset = "imagenet2012"
     config.input.data_dir = imagenet_dir
-    train = images.open_source(config, "train")
+    train = sources.open_image_source(config, "train")
     assert len(train) == SPLITS["train"]
-    assert len(images.open_source(config, "validation")) == SPLITS["validation"]
+    assert len(sources.open_image_source(config, "validation")) == SPLITS["validation"]
     labels = set()
     for i in (0, 17, 31):
         record = images.read_image(train, i)

@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from configs import common
-from maskfeat_jax import hog, objectives, optim, sharding, train
+from maskfeat_jax import defaults
+from maskfeat_jax import hog, models, objectives, optim, pretrain, sharding
+from maskfeat_jax import trainer as trainer_lib
 
 
 def tiny_config(batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor", 1))):
-    c = common.pretrain_config()
+    c = defaults.pretrain_config()
     c.model.update(variant="B/16", image_size=32, width=64, depth=2, num_heads=4, mlp_dim=128)
     c.mask.update(ratio=0.5)
     c.input.batch_size = batch
@@ -33,7 +34,7 @@ def random_batch(config, seed=0):
 
 
 def run_steps(config, mesh, batches, init_state=None):
-    trainer = train.build_trainer(config, mesh)
+    trainer = trainer_lib.build_trainer(config, mesh)
     state = (
         trainer.init(jax.random.key(0))
         if init_state is None
@@ -70,7 +71,7 @@ def test_sharded_step_equals_single_device_step():
 
 def tiny_video_config(family, batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor", 1))):
     """A small video model on 8-frame clips, with the K400 recipe's cube masks."""
-    c = common.video_pretrain_config()
+    c = defaults.video_pretrain_config()
     if family == "mvit":
         # 4 x 16 x 16 input tokens, q-pooled at blocks 1 and 2 to 4 x 4 x 4 output tokens of
         # 2 frames x 16 px (block 3's stride removed, as in pretraining); one mask unit =
@@ -78,7 +79,7 @@ def tiny_video_config(family, batch=8, mesh=(("data", 2), ("fsdp", 4), ("tensor"
         c.model.update(image_size=64, num_frames=8, embed_dim=16, depth=4, stage_starts=(1, 2, 3))
         c.mask.grid = (4, 2, 2)
     else:  # the ViT with 2 x 16 x 16 tubelets: 4 x 2 x 2 tokens, one unit per token
-        c.model = common.pretrain_config().model
+        c.model = defaults.pretrain_config().model
         c.model.update(
             variant="B/2x16",
             image_size=32,
@@ -137,11 +138,11 @@ def test_video_loss_uses_targets_of_every_second_frame_on_masked_output_tokens()
     config = tiny_video_config("mvit")
     batch = random_clips(config)
     one = sharding.make_mesh((("data", 1), ("fsdp", 1), ("tensor", 1)), devices=jax.devices()[:1])
-    trainer = train.build_trainer(config, one)
+    trainer = trainer_lib.build_trainer(config, one)
     state = trainer.init(jax.random.key(0))
     model = nnx.merge(trainer.graphdef, state)[0]
     images = objectives.normalize(jnp.asarray(batch["image"]), config.input.mean, config.input.std)
-    loss, aux = train.pretrain_loss(model, jax.tree.map(jnp.asarray, batch), config)
+    loss, aux = pretrain.loss(model, jax.tree.map(jnp.asarray, batch), config)
     # Independent assembly: HOG of frames 0, 2, 4, 6 in (t, h, w) token order; predictions
     # with the units upsampled 8x to the 16 x 16 input grid; mean over masked output tokens.
     targets = np.stack(
@@ -162,7 +163,7 @@ def test_video_loss_uses_targets_of_every_second_frame_on_masked_output_tokens()
 
 def test_fsdp_rules_really_shard_parameters_and_optimizer_state():
     config = tiny_config(mesh=(("data", 1), ("fsdp", 8), ("tensor", 1)))
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     state = trainer.init(jax.random.key(0))
     qkv = state[0]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
     assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
@@ -175,7 +176,7 @@ def test_fsdp_rules_really_shard_parameters_and_optimizer_state():
 
 def test_tensor_axis_splits_mlp_and_heads():
     config = tiny_config(mesh=(("data", 1), ("fsdp", 4), ("tensor", 2)))
-    trainer = train.build_trainer(config)
+    trainer = trainer_lib.build_trainer(config)
     specs = {
         "/".join(map(str, k)): v.get_value().spec
         for k, v in nnx.to_flat_state(trainer.state_shardings[0])
@@ -188,7 +189,7 @@ def test_tensor_axis_splits_mlp_and_heads():
 
 def test_batch_not_divisible_by_data_axes_is_refused():
     with pytest.raises(ValueError, match="not divisible by the 8 batch shards"):
-        train.build_trainer(tiny_config(batch=12))
+        trainer_lib.build_trainer(tiny_config(batch=12))
 
 
 def test_unknown_logical_axis_and_bad_mesh_are_refused():
@@ -214,11 +215,11 @@ def test_training_lowers_the_loss_on_a_fixed_batch():
 
 def test_loss_uses_targets_of_the_normalized_view_and_masked_tokens_only():
     config = tiny_config()
-    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
+    trainer = trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh))
     state = trainer.init(jax.random.key(0))
     model, _ = nnx.merge(trainer.graphdef, state)
     batch = random_batch(config)
-    loss, _ = train.pretrain_loss(model, batch, config)
+    loss, _ = pretrain.loss(model, batch, config)
     images = objectives.normalize(batch["image"], config.input.mean, config.input.std)
     from maskfeat_jax import hog
 
@@ -239,7 +240,7 @@ def test_masked_mse_matches_gathered_mean_and_handles_empty_masks():
 
 
 def test_weight_decay_exempts_biases_and_norms_only():
-    model = nnx.eval_shape(lambda: train.models.build_model(tiny_config().model, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: models.from_config(tiny_config().model, nnx.Rngs(0), target_size=108))
     params = nnx.state(model, nnx.Param)
     mask = optim.decay_mask_fn()(params)
     flat = {"/".join(map(str, k)): v for k, v in nnx.to_flat_state(mask)}
@@ -286,18 +287,18 @@ def test_schedule_steps_from_epochs():
     c = tiny_config()
     c.total_steps = 0
     c.input.batch_size = 2048
-    total, warmup = train.schedule_steps(c)
+    total, warmup = optim.schedule_steps(c)
     assert total == 1600 * (1_281_167 // 2048) and warmup == 30 * (1_281_167 // 2048)
 
 
 def test_pixel_target_is_each_patch_of_the_normalized_view_standardized():
     config = tiny_config()
     config.target = "pixels"
-    trainer = train.build_trainer(config, sharding.make_mesh(config.mesh))
-    assert trainer.spec.target_dim == 3 * 16 * 16
+    trainer = trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh))
+    assert trainer.spec.target_size == 3 * 16 * 16
     model = nnx.merge(trainer.graphdef, trainer.init(jax.random.key(0)))[0]
     batch = random_batch(config)
-    loss, _ = train.pretrain_loss(model, batch, config)
+    loss, _ = pretrain.loss(model, batch, config)
     images = np.asarray(
         objectives.normalize(batch["image"], config.input.mean, config.input.std), np.float64
     )
@@ -324,4 +325,4 @@ def test_pixel_target_is_each_patch_of_the_normalized_view_standardized():
     np.testing.assert_allclose(float(loss), want, rtol=1e-4)
     config.target = "rgb"
     with pytest.raises(ValueError, match="config.target"):
-        train.build_trainer(config, sharding.make_mesh(config.mesh))
+        trainer_lib.build_trainer(config, sharding.make_mesh(config.mesh))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from maskfeat_jax.data import video_decode, video_records, videos
+from maskfeat_jax.data.batching import StreamOptions
 from maskfeat_jax.data.video_records import BadVideo, encode_record
 from tests import messy_videos as mv
 
@@ -152,8 +153,9 @@ def test_eval_view_of_a_video_smaller_than_the_crop_is_resized_up(encoded):
     """A 24 x 32 video and a 48 x 64 crop: scaled up to a 48 px short side, not an error."""
     data = encoded["tiny.mp4"]
     source = [encode_record("tiny.mp4", 3, data, video_records.probe_video(data))]
+    sampling = videos.ClipSampling(image_size=48, short_side=0, **CLIP)
     ds = videos.make_video_eval_dataset(
-        source, image_size=48, per_host_batch=3, short_side=0, num_clips=1, num_crops=3, **CLIP
+        source, sampling, StreamOptions(per_host_batch=3), num_clips=1, num_crops=3
     )
     (batch,) = list(ds)
     assert batch["valid"].all() and (batch["label"] == 3).all()

@@ -12,7 +12,7 @@ pipeline stays deterministic and checkpointable on torch-free TPU hosts.
   (one op sequence for the whole clip, as SlowFast does for video).
 * Random erasing is split: ``sample_erase_boxes`` draws the boxes on the host
   (images stay uint8 there), ``erase`` fills them with N(0, 1) noise on the
-  device after normalisation.
+  device after normalization.
 """
 
 from __future__ import annotations
@@ -401,7 +401,7 @@ def sample_erase_boxes(
 def erase(images, boxes, key):
     """Replaces every pixel inside ``boxes`` with independent N(0, 1) noise (timm 'pixel' mode).
 
-    ``images``: normalised float ``[B, H, W, C]`` or ``[B, T, H, W, C]``;
+    ``images``: normalized float ``[B, H, W, C]`` or ``[B, T, H, W, C]``;
     ``boxes``: int ``[B, K, 4]`` from ``sample_erase_boxes``. For clips a box
     covers all frames, with fresh noise per frame and channel. Static shapes,
     so it jits; overlapping boxes are filled once (timm refills, same law).

@@ -18,12 +18,13 @@ Elements: ``{"image": uint8 [B, (T,) S, S, 3], "label": int32 [B], "erase_boxes"
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import grain
 import numpy as np
 
 from maskfeat_jax.data import augment, images, skipping, videos
+from maskfeat_jax.data.batching import StreamOptions, shuffled_indices, threads_and_workers
 
 
 class ImageViews:
@@ -40,7 +41,7 @@ class ImageViews:
 
     def load(self, index: int, rng: np.random.Generator):
         record = images.read_image(self.source, index)
-        return images._check_photo(record, index), images._label(record)
+        return images.check_photo(record, index), images.label_of(record)
 
     def view(self, photo: np.ndarray, rng: np.random.Generator, hflip: bool) -> np.ndarray:
         image = images.random_resized_crop(photo, rng, self.image_size, self.scale, self.ratio)
@@ -143,90 +144,19 @@ def _flatten_repeats(batch: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_train_dataset(
-    views: ImageViews | ClipViews,
-    transform_kwargs: dict[str, Any],
-    *,
-    per_host_batch: int,
-    seed: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    num_epochs: int | None = None,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    read_threads: int = 4,
-    prefetch_batches: int = 4,
+    transform: ClassificationTrainTransform, options: StreamOptions
 ) -> grain.IterDataset:
-    """Per-host stream of ``per_host_batch`` augmented views (see the module docstring)."""
-    repeats = int(transform_kwargs.get("repeats", 1))
-    if per_host_batch < 1 or per_host_batch % repeats:
+    """Per-host stream of ``options.per_host_batch`` augmented views (see the module
+    docstring)."""
+    repeats = transform.repeats
+    if options.per_host_batch % repeats:
         raise ValueError(
-            f"per-host batch {per_host_batch} must be a positive multiple of the repeated "
-            f"augmentation count {repeats} (config.input.repeats)."
+            f"per-host batch {options.per_host_batch} must be a positive multiple of the "
+            f"repeated augmentation count {repeats} (config.input.repeats)."
         )
-    transform = ClassificationTrainTransform(views, **transform_kwargs)
-    ds = images._shuffled(len(views), seed, num_epochs).random_map(transform)
-    ds = ds[shard_index::shard_count].batch(per_host_batch // repeats, drop_remainder=True)
+    ds = shuffled_indices(len(transform.views), options.seed, options.num_epochs)
+    ds = ds.random_map(transform)[options.shard_index :: options.shard_count]
+    ds = ds.batch(options.per_host_batch // repeats, drop_remainder=True)
     if repeats > 1:
         ds = ds.map(_flatten_repeats)
-    return images._threads_and_workers(
-        ds, worker_count, worker_buffer_size, read_threads, prefetch_batches
-    )
-
-
-def rand_augment_from_config(inp, image_size: int, mean: Sequence[float]):
-    spec = inp.get("rand_augment", "")
-    return augment.RandAugment(spec, image_size=image_size, mean=mean) if spec else None
-
-
-def iterator_from_config(
-    config,
-    *,
-    spec,
-    per_host_batch: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    workdir: str | None = None,
-):
-    """This host's fine-tuning batches as ``config.input`` says: dataset/data_dir/split,
-    scale, ratio, hflip, rand_augment, erase_prob, erase_count, repeats, max_retries,
-    worker_count, seed; clips also frame_stride, target_fps, short_side, min_frames,
-    short_videos."""
-    inp = config.input
-    scale = tuple(inp.get("scale", (0.08, 1.0)))
-    ratio = tuple(inp.get("ratio", (3 / 4, 4 / 3)))
-    if spec.is_video:
-        sampling = videos.ClipSampling(
-            num_frames=spec.num_frames,
-            stride=int(inp.get("frame_stride", 4)),
-            target_fps=float(inp.get("target_fps", 30.0)),
-            image_size=spec.image_size,
-            short_side=int(inp.get("short_side", 0) or 0),
-            min_frames=inp.get("min_frames", None),
-            short_videos=inp.get("short_videos", "pad"),
-        )
-        source = videos.open_source(config, workdir, inp.get("split", "train"))
-        views = ClipViews(source, sampling, scale=scale, ratio=ratio)
-        # SlowFast's video RandAugment fills with grey 128, not the dataset mean.
-        fill_mean = (0.5, 0.5, 0.5)
-    else:
-        source = images.open_source(config, inp.get("split", "train"))
-        views = ImageViews(source, image_size=spec.image_size, scale=scale, ratio=ratio)
-        fill_mean = tuple(inp.mean)
-    seed = inp.get("seed", None)
-    ds = make_train_dataset(
-        views,
-        dict(
-            hflip=bool(inp.get("hflip", True)),
-            rand_augment=rand_augment_from_config(inp, spec.image_size, fill_mean),
-            erase_prob=float(inp.get("erase_prob", 0.0)),
-            erase_count=int(inp.get("erase_count", 1)),
-            repeats=int(inp.get("repeats", 1)),
-            max_retries=int(inp.get("max_retries", 10)),
-        ),
-        per_host_batch=per_host_batch,
-        seed=int(config.seed if seed is None else seed),
-        shard_index=shard_index,
-        shard_count=shard_count,
-        worker_count=int(inp.get("worker_count", 0) or 0),
-    )
-    return iter(ds)
+    return threads_and_workers(ds, options)

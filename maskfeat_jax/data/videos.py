@@ -6,7 +6,7 @@ of one random clip (``num_frames`` at ``stride`` for a ``target_fps`` timeline; 
 to ``short_side``, bilinear to ``image_size``, flip the whole clip with p=0.5, draw a cube
 mask on the (T, H, W) grid of mask units (``AUG.GEN_MASK_LOADER``). The crop box is chosen
 on the short-side-scaled frame and resampled once from the decoded frame, which is what
-scaling then cropping gives, at half the work. Frames stay uint8: normalisation (mean 0.45,
+scaling then cropping gives, at half the work. Frames stay uint8: normalization (mean 0.45,
 std 0.225) happens on the device, with 4x less host-to-device traffic.
 
     MapDataset.range(N).seed(seed).shuffle().repeat(num_epochs)
@@ -24,14 +24,14 @@ supports grain's ``get_state()`` / ``set_state()``.
 Evaluation (multi-view testing): every video gives ``num_clips`` uniformly spaced clips x
 ``num_crops`` spatial crops (1: centre; 3: both ends and the centre of the long side) of
 frames scaled to ``short_side``; every host gets the same number of batches, padded with
-``valid = False`` views (``eval_indices``).
+``valid = False`` views (``batching.eval_indices``). ``streams`` wires these pipelines to the
+config.
 """
 
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grain
@@ -40,14 +40,8 @@ from PIL import Image
 
 from maskfeat_jax import errors
 from maskfeat_jax.data import skipping
-from maskfeat_jax.data.images import (
-    _check_shard,
-    _mask_grid,
-    batched_stream,
-    eval_indices,
-    finite_stream,
-    sample_crop_box,
-)
+from maskfeat_jax.data.batching import StreamOptions, batched_stream, finite_stream
+from maskfeat_jax.data.images import MaskFn, mask_grid_of, sample_crop_box
 from maskfeat_jax.data.video_decode import (
     SHORT_VIDEO_POLICIES,
     Timeline,
@@ -61,14 +55,11 @@ __all__ = [
     "ClipSampling",
     "VideoEvalTransform",
     "VideoTrainTransform",
-    "iterator_from_config",
+    "check_video_grid",
     "make_video_eval_dataset",
     "make_video_pretrain_dataset",
-    "open_source",
     "uniform_crop_box",
 ]
-
-MaskFn = Callable[[np.random.Generator], np.ndarray]
 
 
 class ClipSampling:
@@ -291,7 +282,8 @@ class VideoEvalTransform(grain.transforms.Map):
         return element
 
 
-def _check_video_grid(grid: Sequence[int], num_frames: int, image_size: int) -> tuple[int, ...]:
+def check_video_grid(grid: Sequence[int], num_frames: int, image_size: int) -> tuple[int, ...]:
+    """``grid`` as ints, if it is a (T, H, W) grid of whole mask units of the clip."""
     grid = tuple(int(g) for g in grid)
     if (
         len(grid) != 3
@@ -310,70 +302,33 @@ def _check_video_grid(grid: Sequence[int], num_frames: int, image_size: int) -> 
 
 def make_video_pretrain_dataset(
     source,
+    sampling: ClipSampling,
+    options: StreamOptions,
     *,
-    num_frames: int,
-    image_size: int,
     mask_generator: MaskFn,
-    per_host_batch: int,
-    seed: int,
-    stride: int = 4,
-    target_fps: float = 30.0,
-    short_side: int = 0,
-    min_frames: int | None = None,
-    short_videos: str = "pad",
-    shard_index: int = 0,
-    shard_count: int = 1,
     scale: tuple[float, float] = (0.5, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     hflip: bool = True,
-    num_epochs: int | None = None,
     max_retries: int = 10,
-    worker_count: int = 0,
-    worker_buffer_size: int = 2,
-    read_threads: int = 4,
-    prefetch_batches: int = 4,
 ) -> grain.IterDataset:
-    """Builds the per-host video pretraining ``IterDataset`` (infinite by default).
+    """Builds the per-host video pretraining ``IterDataset`` (infinite unless
+    ``options.num_epochs``).
 
     Args:
       source: random access to record bytes, e.g. ``video_records.VideoRecords(dir, split)``.
-      num_frames, stride, target_fps: T frames every ``stride`` frames of a ``target_fps``
-        timeline (16, 4, 30 in the K400 recipe).
-      image_size: output side S.
+      sampling: the clip each record gives (frames, stride, timeline, size, short videos).
+      options: batch, shard, seed, epochs and readers of this host's stream.
       mask_generator: ``gen(rng) -> bool[gt, gh, gw]`` (``masking.from_config``, kind 'cube');
         gt must divide T, gh and gw must divide S.
-      per_host_batch: batch size on this host (remainders are dropped).
-      seed: pipeline seed (shuffle, clip starts, crops, flips, masks derive from it).
-      short_side: frames are scaled so their short side is this before cropping (0: as
-        decoded, e.g. for videos stored at 320 px).
-      min_frames: videos with fewer frames are left out (``skipping.Excluded``; default 1).
-      short_videos: "pad" (SlowFast: the last frame repeats) or "loop" for videos shorter
-        than a clip.
-      shard_index, shard_count: this host's slice of the global stream.
       scale, ratio: RandomResizedCrop area fraction and aspect (w/h) ranges.
       hflip: flip whole clips horizontally with p=0.5.
-      num_epochs: None repeats forever; otherwise passes over the records.
       max_retries: bad records replaced in a row before the element fails.
-      worker_count: >0 adds ``mp_prefetch`` with that many processes.
-      worker_buffer_size, read_threads, prefetch_batches: buffering (see ``images``).
     """
-    sampling = ClipSampling(
-        num_frames=num_frames,
-        stride=stride,
-        target_fps=target_fps,
-        image_size=image_size,
-        short_side=short_side,
-        min_frames=min_frames,
-        short_videos=short_videos,
-    )
-    _check_video_grid(_mask_grid(mask_generator), num_frames, image_size)
-    if per_host_batch < 1:
-        raise ValueError(f"per_host_batch must be >= 1, got {per_host_batch}")
+    check_video_grid(mask_grid_of(mask_generator), sampling.num_frames, sampling.image_size)
     if not 0 < scale[0] <= scale[1] <= 1 or not 0 < ratio[0] <= ratio[1]:
         raise ValueError(
             f"need 0 < scale lo <= hi <= 1 and 0 < ratio lo <= hi, got {scale}, {ratio}"
         )
-    _check_shard(shard_index, shard_count)
     transform = VideoTrainTransform(
         source,
         sampling,
@@ -383,39 +338,16 @@ def make_video_pretrain_dataset(
         hflip=hflip,
         max_retries=max_retries,
     )
-    return batched_stream(
-        len(source),
-        transform,
-        seed=seed,
-        num_epochs=num_epochs,
-        shard_index=shard_index,
-        shard_count=shard_count,
-        per_host_batch=per_host_batch,
-        worker_count=worker_count,
-        worker_buffer_size=worker_buffer_size,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
-    )
+    return batched_stream(len(source), transform, options)
 
 
 def make_video_eval_dataset(
     source,
+    sampling: ClipSampling,
+    options: StreamOptions,
     *,
-    num_frames: int,
-    image_size: int,
-    per_host_batch: int,
-    stride: int = 4,
-    target_fps: float = 30.0,
-    short_side: int = 256,
     num_clips: int = 10,
     num_crops: int = 1,
-    min_frames: int | None = None,
-    short_videos: str = "pad",
-    shard_index: int = 0,
-    shard_count: int = 1,
-    worker_count: int = 0,
-    read_threads: int = 4,
-    prefetch_batches: int = 4,
 ) -> grain.IterDataset:
     """One pass over every view of every video (``num_clips`` x ``num_crops`` per video),
     this host's share, padded so all hosts yield ``ceil(views / hosts / B)`` batches.
@@ -424,115 +356,5 @@ def make_video_eval_dataset(
     "valid": bool [B], "skipped", "skipped_ids"}``; average the views of each
     ``video_index`` over the ``valid`` entries (K400 testing: 10 clips x 1 or 3 crops).
     """
-    sampling = ClipSampling(
-        num_frames=num_frames,
-        stride=stride,
-        target_fps=target_fps,
-        image_size=image_size,
-        short_side=short_side,
-        min_frames=min_frames,
-        short_videos=short_videos,
-    )
     transform = VideoEvalTransform(source, sampling, num_clips=num_clips, num_crops=num_crops)
-    views = eval_indices(
-        len(source) * num_clips * num_crops, shard_index, shard_count, per_host_batch
-    )
-    return finite_stream(
-        views,
-        transform,
-        per_host_batch=per_host_batch,
-        worker_count=worker_count,
-        read_threads=read_threads,
-        prefetch_batches=prefetch_batches,
-    )
-
-
-def open_source(config, workdir: str | None, split: str):
-    """The record source ``config.input`` names: 'embedded' builds (once) and reads the
-    embedded videos in ``data_dir`` (default ``workdir/embedded_videos``; sizes from
-    ``config.input.embedded_videos``, see ``EmbeddedVideos``); any other name is a dataset
-    made by ``prepare_video`` in ``config.input.data_dir``."""
-    from maskfeat_jax.data import embedded_video, video_records
-
-    inp = config.input
-    name = inp.get("dataset", "embedded")
-    data_dir = inp.get("data_dir")
-    if name == "embedded":
-        if not data_dir:
-            if not workdir:
-                raise errors.ConfigError(
-                    "the embedded videos need a place: pass a workdir or "
-                    "--config.input.data_dir=/some/dir"
-                )
-            data_dir = os.path.join(workdir, "embedded_videos")
-        settings = embedded_video.EmbeddedVideos(**dict(inp.get("embedded_videos", None) or {}))
-        embedded_video.ensure(data_dir, settings)
-    elif not data_dir:
-        raise errors.ConfigError(
-            f"config.input.dataset={name!r} is read from record shards made by "
-            "`python -m maskfeat_jax.data.prepare_video`; pass --config.input.data_dir=DIR "
-            "(or use --config.input.dataset=embedded for the bundled videos)"
-        )
-    elif not os.path.isdir(data_dir):
-        raise errors.DataError(
-            f"--config.input.data_dir={data_dir} does not exist; pass the directory that "
-            "`python -m maskfeat_jax.data.prepare_video --out DIR` wrote."
-        )
-    try:
-        return video_records.VideoRecords(data_dir, split)
-    except video_records.DatasetInfoError as e:
-        raise errors.DataError(str(e)) from e
-
-
-def iterator_from_config(
-    config,
-    *,
-    image_size: int,
-    num_frames: int,
-    mask_grid: Sequence[int],
-    per_host_batch: int,
-    shard_index: int = 0,
-    shard_count: int = 1,
-    workdir: str | None = None,
-) -> Iterator[dict[str, np.ndarray]]:
-    """This host's training clip batches as the config says (used by video training).
-
-    ``config.input``: dataset/data_dir/split (``open_source``), frame_stride, target_fps,
-    short_side, min_frames, short_videos, scale, ratio, hflip, max_retries, worker_count, seed (else
-    ``config.seed``); ``config.mask`` (kind 'cube'; grid None -> ``mask_grid``). Returns
-    grain's checkpointable ``DatasetIterator``.
-    """
-    from maskfeat_jax import masking
-
-    inp = config.input
-    mask_grid = _check_video_grid(mask_grid, num_frames, image_size)
-    kind = config.mask.get("kind", None)
-    if kind != "cube":
-        raise ValueError(
-            f"video pretraining draws cube masks, got config.mask.kind={kind!r}; "
-            "set --config.mask.kind=cube"
-        )
-    generator = masking.from_config(config.mask, grid=mask_grid)
-    source = open_source(config, workdir, inp.get("split", "train"))
-    seed = inp.get("seed", None)
-    ds = make_video_pretrain_dataset(
-        source,
-        num_frames=num_frames,
-        image_size=image_size,
-        mask_generator=generator,
-        per_host_batch=per_host_batch,
-        seed=int(config.seed if seed is None else seed),
-        stride=int(inp.get("frame_stride", 4)),
-        target_fps=float(inp.get("target_fps", 30.0)),
-        short_side=int(inp.get("short_side", 0) or 0),
-        min_frames=inp.get("min_frames", None),
-        short_videos=inp.get("short_videos", "pad"),
-        shard_index=shard_index,
-        shard_count=shard_count,
-        scale=tuple(inp.get("scale", (0.5, 1.0))),
-        ratio=tuple(inp.get("ratio", (3 / 4, 4 / 3))),
-        hflip=bool(inp.get("hflip", True)),
-        max_retries=int(inp.get("max_retries", 10)),
-        worker_count=int(inp.get("worker_count", 0) or 0),
-    )
-    return iter(ds)
+    return finite_stream(len(source) * num_clips * num_crops, transform, options)

@@ -8,7 +8,9 @@ The table (mean and standard deviation over seeds, and every seed's value) is pr
 written to ``WORKDIR/results.md`` and ``WORKDIR/results.json``. Runs are resumable: rerun the
 command and finished pieces are read back.
 
-  python -m maskfeat_jax.experiments.digits --workdir runs/digits [--seeds 0,1,2]
+  maskfeat-digits --workdir runs/digits [--seeds 0,1,2]
+
+(also ``python -m maskfeat_jax.experiments.digits``; the command is ``commands/digits.py``).
 
 ``--hog_inputs pixels,normalized`` adds a HOG-target row whose targets are the HOG of the
 normalized input (``config.hog.input``, as SlowFast) instead of the uint8 pixels;
@@ -24,27 +26,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import runpy
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where runs and the results go.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (each one is a full repeat).")
-_PRETRAIN_EPOCHS = flags.DEFINE_integer(
-    "pretrain_epochs", None, "Override (default: config); warmup keeps its share."
-)
-_FINETUNE_EPOCHS = flags.DEFINE_integer(
-    "finetune_epochs", None, "Override (default: config); warmup keeps its share."
-)
+from maskfeat_jax import checkpoint, linear_probe, loop, optim
+from maskfeat_jax.experiments import digits_configs
 
-_ROWS = flags.DEFINE_list(
-    "rows", ["random", "hog", "pixels"], "Initial weights to compare: random, hog, pixels."
-)
-_HOG_INPUTS = flags.DEFINE_list(
-    "hog_inputs", ["pixels"], "config.hog.input of the HOG-target rows (pixels, normalized)."
-)
-_PROBE = flags.DEFINE_bool("probe", True, "Also train a linear probe for every row.")
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+    """What to run: seeds, rows (see ``inits``), HOG inputs, probes, schedule overrides."""
+
+    workdir: str
+    seeds: tuple[int, ...] = (0, 1, 2)
+    rows: tuple[str, ...] = ("random", "hog", "pixels")
+    hog_inputs: tuple[str, ...] = ("pixels",)
+    probe: bool = True
+    pretrain_epochs: int | None = None  # None: the config's; warmup keeps its share
+    finetune_epochs: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,46 +97,39 @@ def _set_epochs(config, epochs: int) -> None:
     config.total_epochs = epochs
 
 
-def _pretrain(seed: int, init: Init, workdir: str) -> str:
-    from configs import digits
-    from maskfeat_jax import train
-
+def _pretrain(seed: int, init: Init, study: Study) -> str:
+    workdir = study.workdir
     key = init.target if init.hog_input == "pixels" else init.key
     run_dir = os.path.join(workdir, f"seed{seed}", f"pretrain_{key}")
-    config = digits.pretrain(init.target)
+    config = digits_configs.pretrain(init.target)
     config.hog.input = init.hog_input
     config.seed = seed
-    if _PRETRAIN_EPOCHS.value:
-        _set_epochs(config, _PRETRAIN_EPOCHS.value)
-    train.run(config, run_dir)  # returns at once when its last checkpoint exists
+    if study.pretrain_epochs:
+        _set_epochs(config, study.pretrain_epochs)
+    loop.run(config, run_dir)  # returns at once when its last checkpoint exists
     return run_dir
 
 
-def _finetune(seed: int, init_from: str | None, name: str, workdir: str) -> float:
-    from configs import digits
-    from maskfeat_jax import train
-
+def _finetune(seed: int, init_from: str | None, name: str, study: Study) -> float:
+    workdir = study.workdir
     run_dir = os.path.join(workdir, f"seed{seed}", f"finetune_{name}")
     done = _read(os.path.join(run_dir, "results.json"))
-    config = digits.finetune()
-    if _FINETUNE_EPOCHS.value:
-        _set_epochs(config, _FINETUNE_EPOCHS.value)
-    if done is None or done["step"] < train.schedule_steps(config)[0]:
+    config = digits_configs.finetune()
+    if study.finetune_epochs:
+        _set_epochs(config, study.finetune_epochs)
+    if done is None or done["step"] < optim.schedule_steps(config)[0]:
         config.seed = seed
         config.init_from = init_from or ""
-        train.run(config, run_dir)
+        loop.run(config, run_dir)
         done = _read(os.path.join(run_dir, "results.json"))
     return float(done["top1"])
 
 
 def _probe(seed: int, init_from: str | None, name: str, workdir: str) -> float:
-    from configs import digits
-    from maskfeat_jax import linear_probe
-
     run_dir = os.path.join(workdir, f"seed{seed}", f"probe_{name}")
     done = _read(os.path.join(run_dir, "linear_probe.json"))
     if done is None:
-        config = digits.probe()
+        config = digits_configs.probe()
         config.seed = seed
         config.init_from = init_from or ""
         done = linear_probe.run(config, run_dir)
@@ -162,24 +157,21 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv):
-    del argv
-    from maskfeat_jax import checkpoint
-
+def run(study: Study) -> str:
+    """Runs (or reads back) every piece of the study; returns the results table."""
     checkpoint.quiet_orbax_logging()
-    workdir = _WORKDIR.value
-    seeds = [int(s) for s in _SEEDS.value]
+    workdir = study.workdir
     os.makedirs(workdir, exist_ok=True)
-    results = {"seeds": seeds, "finetune": {}, "probe": {}}
+    results = {"seeds": list(study.seeds), "finetune": {}, "probe": {}}
     start = time.perf_counter()
-    rows = inits(_ROWS.value, _HOG_INPUTS.value)
-    for seed in seeds:
+    rows = inits(study.rows, study.hog_inputs)
+    for seed in study.seeds:
         for init in rows:
-            init_from = _pretrain(seed, init, workdir) if init.target else None
-            ft = _finetune(seed, init_from, init.key, workdir)
+            init_from = _pretrain(seed, init, study) if init.target else None
+            ft = _finetune(seed, init_from, init.key, study)
             results["finetune"].setdefault(init.name, {})[str(seed)] = ft
             logging.info("seed %d, %s: fine-tune %.4f", seed, init.name, ft)
-            if _PROBE.value:
+            if study.probe:
                 lp = _probe(seed, init_from, init.key, workdir)
                 results["probe"].setdefault(init.name, {})[str(seed)] = lp
                 logging.info("seed %d, %s: probe %.4f", seed, init.name, lp)
@@ -189,9 +181,8 @@ def main(argv):
         json.dump(results, f, indent=2)
     with open(os.path.join(workdir, "results.md"), "w") as f:
         f.write(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    runpy.run_module("maskfeat_jax.commands.digits", run_name="__main__", alter_sys=True)

@@ -1,4 +1,4 @@
-"""Model families by name; ``build_model`` turns ``config.model`` into an NNX module.
+"""Model families by name; ``from_config`` turns ``config.model`` into an NNX module.
 
 ``config.model.name``: 'vit' (``variant`` like 'B/16' or 'L/2x16') or 'mvit' (``variant``
 like 'MViTv2-S'). Both expose the same spec interface to training: ``grid`` (output tokens,
@@ -25,13 +25,15 @@ def compute_dtype(name: str):
     return _DTYPES[name]
 
 
-def model_spec(model: ml_collections.ConfigDict, target_dim: int = 108):
-    common = dict(
-        image_size=model.image_size,
-        num_frames=model.get("num_frames", 1),
-        num_classes=model.get("num_classes", 0),
-        target_dim=target_dim,
-    )
+def model_spec(model: ml_collections.ConfigDict, target_size: int = 0):
+    """The architecture ``config.model`` names; ``target_size`` is the pretraining head's
+    output per token (0: no pretraining head)."""
+    common = {
+        "image_size": model.image_size,
+        "num_frames": model.get("num_frames", 1),
+        "num_classes": model.get("num_classes", 0),
+        "target_size": target_size,
+    }
     if model.name == "vit":
         return vit.make_spec(
             model.variant,
@@ -53,16 +55,18 @@ def model_spec(model: ml_collections.ConfigDict, target_dim: int = 108):
     raise ValueError(f"Unknown config.model.name={model.name!r}; choose one of {FAMILIES}.")
 
 
-def build_model(
-    model: ml_collections.ConfigDict, rngs: nnx.Rngs, target_dim: int = 108
+def from_config(
+    model: ml_collections.ConfigDict, rngs: nnx.Rngs, *, target_size: int
 ) -> nnx.Module:
-    spec = model_spec(model, target_dim)
-    kwargs = dict(
-        dtype=compute_dtype(model.get("dtype", "float32")),
-        remat=model.get("remat", False),
-        drop_path_rate=float(model.get("drop_path_rate", 0.0) or 0.0),
-        rngs=rngs,
-    )
+    """The model ``config.model`` describes, with a pretraining head of ``target_size``
+    outputs per token (0 for none: fine-tuning, or an encoder alone)."""
+    spec = model_spec(model, target_size)
+    kwargs = {
+        "dtype": compute_dtype(model.get("dtype", "float32")),
+        "remat": model.get("remat", False),
+        "drop_path_rate": float(model.get("drop_path_rate", 0.0) or 0.0),
+        "rngs": rngs,
+    }
     if model.name == "mvit":
         return mvit.MViT(spec, **kwargs)
     return vit.ViT(spec, scan=model.get("scan", False), **kwargs)

@@ -6,22 +6,26 @@ through the rule table in the config. We use our own key rather than Flax's
 ``out_sharding`` so that a model can be built (and tested) without a mesh in context;
 sharding is decided once, when the state is placed on the mesh.
 
-Initialisation follows SlowFast's MViT/ViT (``_init_weights``): Linear and Conv
+Initialization follows SlowFast's MViT/ViT (``_init_weights``): Linear and Conv
 weights N(0, 0.02) (PyTorch truncates at +-2 absolute, i.e. effectively never),
 Linear bias 0.02, LayerNorm weight 1 and bias 0.02.
+
+The backend-specific forms of the computations (projections, GELU, attention, pooling,
+fusion fences) live in ``maskfeat_jax.ops``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from maskfeat_jax.ops import activations, linear
 
 AXES_KEY = "axes"
 LN_EPS = 1e-6
@@ -41,87 +45,13 @@ def with_axes(init, axes: Sequence[str | None]):
     return nnx.with_metadata(init, **{AXES_KEY: tuple(axes)})
 
 
-@jax.custom_vjp
-def _project_keeping_input(x: jax.Array, w: jax.Array) -> jax.Array:
-    return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
-
-
-def _project_fwd(x, w):
-    return _project_keeping_input(x, w), (x, w)
-
-
-def _project_bwd(residuals, g):
-    x, w = residuals
-    dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))
-    x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
-    if x2.shape[1] > g2.shape[1]:
-        # XLA's CPU GEMM runs this token-contracting product up to ~1.8x faster when the
-        # result's rows are the narrower side (g^T x, [out, in]); the barrier stops XLA
-        # from folding the small transpose back into the matmul.
-        dw = jax.lax.optimization_barrier(g2.T @ x2).T
-    else:
-        dw = x2.T @ g2
-    return dx, dw.astype(w.dtype)
-
-
-_project_keeping_input.defvjp(_project_fwd, _project_bwd)
-
-
-def dot_general(lhs, rhs, dimension_numbers, precision=None, **kwargs):
-    """``lax.dot_general`` for ``nnx.Linear``. On the CPU the backward pass of x @ W starts
-    from x as the forward pass computed it. Left alone, XLA's CPU compiler recomputes x's
-    elementwise producers (LayerNorm, GELU, ...) inside the transposes that feed the
-    weight-gradient matmuls, and those fused transposes took 43% of a ViT-B/16 step."""
-
-    def plain(lhs, rhs):
-        return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, **kwargs)
-
-    simple = dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ())) and rhs.ndim == 2
-    if not simple or precision is not None or kwargs.get("preferred_element_type") is not None:
-        return plain(lhs, rhs)
-    return jax.lax.platform_dependent(lhs, rhs, cpu=_project_keeping_input, default=plain)
-
-
-def strided_windows(padded: jax.Array, kernel: Sequence[int], stride: Sequence[int], out):
-    """For each kernel offset: the strided view [N, *out, C] of an already padded
-    [N, *spatial, C] array that the window element at that offset sees."""
-    n, c = padded.shape[0], padded.shape[-1]
-    for offset in np.ndindex(*kernel):
-        end = [o + (m - 1) * s + 1 for o, m, s in zip(offset, out, stride)]
-        yield offset, jax.lax.slice(padded, (0, *offset, 0), (n, *end, c), (1, *stride, 1))
-
-
-def _patches(x: jax.Array, kernel, stride, padding) -> jax.Array:
-    """[N, *spatial, C] -> [N, *out, prod(kernel) * C], features ordered (*kernel, C) like
-    a [*kernel, C, out] convolution kernel flattened."""
-    spatial = x.shape[1:-1]
-    out = [(n + sum(p) - k) // s + 1 for n, p, k, s in zip(spatial, padding, kernel, stride)]
-    if tuple(kernel) == tuple(stride) and not any(map(any, padding)):
-        # non-overlapping: a reshape and one transpose
-        n, c, d = x.shape[0], x.shape[-1], len(kernel)
-        x = x[(slice(None), *(slice(0, m * k) for m, k in zip(out, kernel)))]
-        x = x.reshape(n, *[a for m, k in zip(out, kernel) for a in (m, k)], c)
-        order = [1 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
-        return x.transpose(0, *order, 2 * d + 1).reshape(n, *out, -1)
-    padded = jnp.pad(x, [(0, 0), *padding, (0, 0)])
-    return jnp.concatenate([v for _, v in strided_windows(padded, kernel, stride, out)], -1)
-
-
 def patch_conv(conv: nnx.Conv, x: jax.Array) -> jax.Array:
     """``conv(x)`` for a patch-embedding convolution (explicit padding, no dilation or
-    groups). XLA's CPU convolution runs these 3-channel, large-kernel shapes several times
-    slower than extracting the patches and doing one matmul, so the CPU does that;
-    accelerators run the convolution itself."""
-    padding = [tuple(p) for p in conv.padding]
-
-    def as_matmul(x):
-        x = x.astype(conv.dtype)
-        w = conv.kernel[...].astype(conv.dtype)
-        patches = _patches(x, conv.kernel_size, conv.strides, padding)
-        y = _project_keeping_input(patches, w.reshape(-1, w.shape[-1]))
-        return y + conv.bias[...].astype(conv.dtype) if conv.bias is not None else y
-
-    return jax.lax.platform_dependent(x, cpu=as_matmul, default=conv)
+    groups), through ``ops.linear.patch_embed``."""
+    dtype = conv.dtype
+    bias = None if conv.bias is None else conv.bias[...].astype(dtype)
+    kernel = conv.kernel[...].astype(dtype)
+    return linear.patch_embed(x.astype(dtype), kernel, bias, conv.strides, conv.padding)
 
 
 def dense(
@@ -143,7 +73,7 @@ def dense(
         dtype=dtype,
         param_dtype=jnp.float32,
         precision=None,
-        dot_general=dot_general,
+        dot_general=linear.dot_general,
         rngs=rngs,
     )
 
@@ -162,30 +92,6 @@ def layer_norm(
         param_dtype=jnp.float32,
         rngs=rngs,
     )
-
-
-@jax.custom_vjp
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact erf GELU as in PyTorch's nn.GELU() (jax.nn.gelu defaults to tanh), written
-    with erf: jax.nn.gelu's exact form goes through erfc, which XLA's CPU backend
-    evaluates 2.5x slower. The backward is x's CDF plus x times its density."""
-    return x * _normal_cdf(x)
-
-
-def _normal_cdf(x):
-    return 0.5 + 0.5 * jax.lax.erf(x * jnp.asarray(2**-0.5, x.dtype))
-
-
-def _gelu_fwd(x):
-    return gelu(x), x
-
-
-def _gelu_bwd(x, g):
-    density = jnp.exp(-0.5 * x * x) * jnp.asarray((2 * math.pi) ** -0.5, x.dtype)
-    return (g * (_normal_cdf(x) + x * density),)
-
-
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 _ACTIVATION_SHARDING = contextvars.ContextVar("activation_sharding", default=None)
@@ -248,73 +154,12 @@ class Mlp(nnx.Module):
         self.fc2 = dense(hidden, out_dim or dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(gelu(self.fc1(x)))
+        return self.fc2(activations.gelu(self.fc1(x)))
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:
     """Upcasts bfloat16/float16 to float32; leaves float32 and float64 alone."""
     return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def _fence(x: jax.Array) -> jax.Array:
-    # A conditional whose predicate XLA cannot fold: its operand and result are buffers, so
-    # nothing fuses across it. (XLA's CPU pipeline expands optimization_barrier before
-    # fusion, so a barrier does not do this.) The predicate is true for every bit pattern.
-    bits = jax.lax.bitcast_convert_type(x.reshape(-1)[:1].astype(jnp.float32), jnp.int32)
-    return jax.lax.cond((bits[0] | 1) != 0, lambda v: v, jnp.zeros_like, x)
-
-
-def materialize(x: jax.Array) -> jax.Array:
-    """Identity that, on the CPU, makes XLA compute x into memory once instead of fusing
-    its producers into every consumer (which re-derives x per read: per window element of
-    a pooling gradient, say). Accelerators get x unchanged."""
-    return jax.lax.platform_dependent(x, cpu=_fence, default=lambda x: x)
-
-
-@jax.custom_vjp
-def materialize_gradient(x: jax.Array) -> jax.Array:
-    """Identity whose backward pass materialises the incoming gradient (see
-    ``materialize``)."""
-    return x
-
-
-materialize_gradient.defvjp(lambda x: (x, None), lambda _, g: (materialize(g),))
-
-
-def attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-    """softmax(q @ k^T) @ v over [B, heads, N, d] (q already scaled; a logit bias can
-    ride in extra q/k channels), the softmax in at least float32.
-
-    The backward is written out so that the two matmuls that contract over the query axis
-    produce dk^T and dv^T ('bhqd,bhqk->bhdk'): XLA's CPU backend otherwise copies the
-    [Nq, Nk] matrices transposed or runs those matmuls markedly slower. Gradients equal
-    autodiff's (tested in float64)."""
-    return _attend(q, k, v)
-
-
-@jax.custom_vjp
-def _attend(q, k, v):
-    return _attend_fwd(q, k, v)[0]
-
-
-def _attend_fwd(q, k, v):
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k)
-    weights = jax.nn.softmax(at_least_f32(logits), axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bhkd->bhqd", weights, v), (q, k, v, weights)
-
-
-def _attend_bwd(residuals, g):
-    q, k, v, weights = residuals
-    p = at_least_f32(weights)
-    dp = at_least_f32(jnp.einsum("bhqd,bhkd->bhqk", g, v))
-    dlogits = (p * (dp - jnp.sum(p * dp, axis=-1, keepdims=True))).astype(q.dtype)
-    dq = jnp.einsum("bhqk,bhkd->bhqd", dlogits, k)
-    dk = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", q, dlogits), -1, -2)
-    dv = jnp.swapaxes(jnp.einsum("bhqd,bhqk->bhdk", g, weights), -1, -2)
-    return dq, dk, dv
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def split_heads(qkv: jax.Array, num_heads: int) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -353,13 +198,13 @@ def classifier(dim: int, num_classes: int, *, dtype: Dtype, rngs: nnx.Rngs) -> n
         bias_init=with_axes(jax.nn.initializers.zeros, ("classes",)),
         dtype=dtype,
         param_dtype=jnp.float32,
-        dot_general=dot_general,
+        dot_general=linear.dot_general,
         rngs=rngs,
     )
 
 
 class PredictionHead(nnx.Module):
-    """MaskFeat's head: LayerNorm -> Linear(width -> target_dim), init LN 1/0, Linear bias 0
+    """MaskFeat's head: LayerNorm -> Linear(width -> target_size), init LN 1/0, Linear bias 0
     (SlowFast ``pred_head.transforms.0.0`` / ``pred_head.projections.0``)."""
 
     def __init__(self, dim: int, out_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
@@ -375,20 +220,21 @@ class MaskFeatModel(nnx.Module):
     mask-token replacement with cls in front, and the two readouts.
 
     A subclass sets ``spec`` (with ``image_size``, ``num_frames``, ``in_channels``,
-    ``is_video``, ``token_grid``, ``num_classes``, ``target_dim``), ``cls_token``, calls
+    ``is_video``, ``token_grid``, ``num_classes``, ``target_size``), ``cls_token``, calls
     ``_init_heads`` and implements ``encode(x, mask) -> [B, 1+N, D]``."""
 
     name = "model"
 
     def _init_heads(self, token_dim: int, out_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
-        """Fine-tuning: ``norm`` + ``head``; pretraining: ``mask_token`` + ``pred_head``."""
+        """Fine-tuning: ``norm`` + ``head``; pretraining: ``mask_token`` + ``pred_head``;
+        neither with ``num_classes`` and ``target_size`` both 0 (an encoder alone)."""
         if self.spec.num_classes:
             self.norm = layer_norm(out_dim, dtype=dtype, rngs=rngs)
             self.head = classifier(out_dim, self.spec.num_classes, dtype=dtype, rngs=rngs)
-        else:
+        elif self.spec.target_size:
             token_init = with_axes(weight_init(), (None, None, "embed"))
             self.mask_token = nnx.Param(token_init(rngs.params(), (1, 1, token_dim)))
-            self.pred_head = PredictionHead(out_dim, self.spec.target_dim, dtype=dtype, rngs=rngs)
+            self.pred_head = PredictionHead(out_dim, self.spec.target_size, dtype=dtype, rngs=rngs)
 
     def _check_input(self, x: jax.Array) -> None:
         spec = self.spec
@@ -405,10 +251,11 @@ class MaskFeatModel(nnx.Module):
     def _mask_and_cls(self, tokens: jax.Array, mask: jax.Array | None) -> jax.Array:
         """Masked patch embeddings are *replaced* by ``mask_token``; then cls goes in front."""
         if mask is not None:
-            if self.spec.num_classes:
-                raise ValueError(
-                    "A fine-tuning model (num_classes > 0) has no mask token; pass mask=None."
-                )
+            if self.spec.num_classes or not self.spec.target_size:
+                kind = "fine-tuning model (num_classes > 0)"
+                if not self.spec.num_classes:
+                    kind = "model without a pretraining head (target_size 0)"
+                raise ValueError(f"A {kind} has no mask token; pass mask=None.")
             m = mask.reshape(mask.shape[0], -1, 1).astype(tokens.dtype)
             if m.shape[1] != tokens.shape[1]:
                 raise ValueError(
@@ -425,10 +272,15 @@ class MaskFeatModel(nnx.Module):
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None, *, key: jax.Array | None = None
     ) -> jax.Array:
-        """Pretraining: per-output-token predictions [B, N_out, target_dim] (float32), with
+        """Pretraining: per-output-token predictions [B, N_out, target_size] (float32), with
         ``mask`` the token mask on the *input* token grid. Fine-tuning: logits
         [B, num_classes] (float32) from mean-pooled patch tokens -> norm -> head. A ``key``
         (training) turns drop path on."""
+        if not (self.spec.num_classes or self.spec.target_size):
+            raise ValueError(
+                f"This {self.name} has no head (num_classes and target_size are 0); use "
+                "encode or features."
+            )
         patches = self.encode(x, mask, key)[:, 1:]
         if self.spec.num_classes:
             return at_least_f32(self.head(self.norm(self.pool(patches))))

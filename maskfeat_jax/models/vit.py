@@ -6,7 +6,7 @@ timm's ``VisionTransformer`` with a MaskFeat head:
   patch_embed -> replace masked embeddings by ``mask_token`` -> prepend ``cls_token`` ->
   add the learned ``pos_embed`` (mask tokens get it too) -> pre-norm blocks
   (LN eps 1e-6, MHSA with qkv bias, exact GELU MLP, no layer scale) ->
-  pretraining: ``pred_head`` = LN -> Linear(width -> target_dim) on the patch tokens;
+  pretraining: ``pred_head`` = LN -> Linear(width -> target_size) on the patch tokens;
   fine-tuning: mean over patch tokens -> ``norm`` -> ``head``.
 
 The full sequence (visible + mask tokens) runs through the encoder (no MAE-style dropping).
@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,7 @@ from flax import nnx
 
 from maskfeat_jax import errors
 from maskfeat_jax.models import layers, transfer
+from maskfeat_jax.ops import attention, fusion
 
 # name -> (width, depth, heads, mlp_dim); the ViT paper / timm table.
 VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -57,7 +59,8 @@ class ViTSpec:
     num_frames: int = 1  # 1 = image model (2-D patches); >1 = video with tubelets
     tubelet: int = 1  # temporal patch size for video
     num_classes: int = 0  # >0: fine-tuning head (mean pool -> norm -> head)
-    target_dim: int = 108  # pretraining head output per token (HOG: 3 * 9 * (P/8)^2)
+    # pretraining head output per token (HOG: 3 * 9 * (P/8)^2); 0: no pretraining head
+    target_size: int = 108
 
     @property
     def is_video(self) -> bool:
@@ -91,7 +94,8 @@ def parse_variant(variant: str) -> dict[str, int]:
         )
     name, tubelet, patch = match.groups()
     width, depth, heads, mlp = VARIANTS[name]
-    out = dict(width=width, depth=depth, num_heads=heads, mlp_dim=mlp, patch_size=int(patch))
+    out = {"width": width, "depth": depth, "num_heads": heads, "mlp_dim": mlp}
+    out["patch_size"] = int(patch)
     if tubelet:
         out["tubelet"] = int(tubelet)
     return out
@@ -179,7 +183,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = layers.split_heads(self.qkv(x), self.num_heads)
-        out = layers.attend(q * jnp.asarray(self.scale, q.dtype), k, v)
+        out = attention.attend(q * jnp.asarray(self.scale, q.dtype), k, v)
         return self.proj(layers.merge_heads(out))
 
 
@@ -205,7 +209,7 @@ class ViT(layers.MaskFeatModel):
       spec: architecture.
       dtype: compute dtype (e.g. bfloat16 on TPU); parameters stay float32.
       scan: stack the blocks and run them with ``nnx.scan`` (faster compiles for deep models).
-      remat: rematerialise each block in the backward pass (saves activation memory).
+      remat: rematerialize each block in the backward pass (saves activation memory).
       drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the
         first); active only when the call passes a ``key``.
     """
@@ -260,7 +264,7 @@ class ViT(layers.MaskFeatModel):
 
         def apply_block(block: Block, y: jax.Array, rate, k) -> jax.Array:
             # the residual stream's gradient is computed once per block (see MViT.encode)
-            return layers.shard_batch(block(layers.materialize_gradient(y), rate, k))
+            return layers.shard_batch(block(fusion.materialize_gradient(y), rate, k))
 
         if self.remat:  # a per-layer rate is a Python float unless the blocks are scanned
             apply_block = nnx.remat(apply_block, static_argnums=() if self.scan else (2,))

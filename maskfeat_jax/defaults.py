@@ -1,4 +1,6 @@
-"""Pieces shared by the experiment configs: the pretraining recipe and the sharding presets."""
+"""The default config of every run: the MaskFeat pretraining and fine-tuning recipes, the
+sharding presets and the typed placeholders that make every value overridable. The
+experiment files in ``configs/`` start from these."""
 
 import ml_collections
 from ml_collections.config_dict import placeholder

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -295,7 +296,7 @@ def _as_numpy(v: Any) -> Any:
 def load_flat_params(model: nnx.Module, flat: Mapping[str, np.ndarray], dtype=None) -> None:
     """Writes flat params (same paths and shapes as the model's) into the model in place.
 
-    Works on an abstract model from ``nnx.eval_shape`` too (no initialisation needed).
+    Works on an abstract model from ``nnx.eval_shape`` too (no initialization needed).
     ``dtype`` overrides the parameters' dtype (e.g. float64 for parity checks)."""
     state = nnx.state(model, nnx.Param)
     problems = []
@@ -319,27 +320,27 @@ def torchvision_mvit_kwargs(spec) -> dict[str, Any]:
     """Arguments of ``torchvision.models.video.mvit.MViT`` that rebuild our MViT exactly
     (``block_setting`` as dicts of ``MSBlockConfig`` fields)."""
     blocks = [
-        dict(
-            num_heads=b.num_heads,
-            input_channels=b.dim,
-            output_channels=b.dim_out,
-            kernel_q=list(b.kernel),
-            kernel_kv=list(b.kernel),
-            stride_q=list(b.q_stride),
-            stride_kv=list(b.kv_stride),
-        )
+        {
+            "num_heads": b.num_heads,
+            "input_channels": b.dim,
+            "output_channels": b.dim_out,
+            "kernel_q": list(b.kernel),
+            "kernel_kv": list(b.kernel),
+            "stride_q": list(b.q_stride),
+            "stride_kv": list(b.kv_stride),
+        }
         for b in spec.blocks()
     ]
-    return dict(
-        spatial_size=(spec.image_size, spec.image_size),
-        temporal_size=spec.num_frames,
-        block_setting=blocks,
-        residual_pool=True,
-        residual_with_cls_embed=False,
-        rel_pos_embed=True,
-        proj_after_attn=False,
-        num_classes=spec.num_classes or 400,
-        patch_embed_kernel=tuple(spec.patch_kernel),
-        patch_embed_stride=tuple(spec.patch_stride),
-        patch_embed_padding=tuple(spec.patch_padding),
-    )
+    return {
+        "spatial_size": (spec.image_size, spec.image_size),
+        "temporal_size": spec.num_frames,
+        "block_setting": blocks,
+        "residual_pool": True,
+        "residual_with_cls_embed": False,
+        "rel_pos_embed": True,
+        "proj_after_attn": False,
+        "num_classes": spec.num_classes or 400,
+        "patch_embed_kernel": tuple(spec.patch_kernel),
+        "patch_embed_stride": tuple(spec.patch_stride),
+        "patch_embed_padding": tuple(spec.patch_padding),
+    }
