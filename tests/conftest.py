@@ -1,7 +1,7 @@
-"""Test session set-up: 8 simulated CPU devices for the sharded tests (before JAX starts), and
-markers by folder: tests/unit -> unit, integration -> integration + slow, parity -> parity +
-slow, multihost -> multihost + slow. A unit test that takes more than a few seconds carries
-its own ``@pytest.mark.slow``."""
+"""Test session set-up: 8 simulated CPU devices for the sharded tests (before JAX starts), the
+shared fixtures, and markers by folder: tests/unit -> unit, parity -> parity, integration ->
+integration + slow, multihost -> multihost + slow. A unit or parity test that takes more than
+a few seconds carries its own ``@pytest.mark.slow``; the rest is the fast tier."""
 
 import os
 import pathlib
@@ -17,11 +17,19 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
+pytest_plugins = [
+    "tests.support.augment_cases",
+    "tests.support.hog_reference",
+    "tests.support.video_data",
+    "tests.support.video_folders",
+    "tests.support.video_paths",
+]
+
 _TESTS = pathlib.Path(__file__).parent
 _FOLDER_MARKS = {
     "unit": ("unit",),
+    "parity": ("parity",),
     "integration": ("integration", "slow"),
-    "parity": ("parity", "slow"),
     "multihost": ("multihost", "slow"),
 }
 

@@ -1,0 +1,317 @@
+"""Multi-host on one machine: two real processes (4 CPU devices each, gloo collectives) join
+through ``maskfeat_jax.distributed`` and train on the global 8-device mesh, each feeding only
+its half of every global batch. They match one process with 8 devices, and a fresh pair
+resumes from their Orbax checkpoint exactly. Also: what ``initialize`` does with each kind of
+setting, and the errors that name the fix."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from maskfeat_jax import checkpoint, distributed, sharding
+from tests.support.processes import DIST_ENV, free_port, multihost_env
+from tests.support.runs import ROOT, run_main
+from tests.support.steps import random_batch, run_steps, tiny_config
+
+WORKER = os.path.join(ROOT, "tests", "support", "multihost_worker.py")
+PROCESSES = 2
+STEPS = 4
+SAVED_AT = 2  # the worker saves every SAVED_AT steps
+
+
+def _compile_cache_env(directory):
+    """The resumed pair loads the step the first pair compiled (the same program)."""
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(directory),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+
+
+def _tail(path, chars=3000):
+    lines = [line for line in open(path).read().splitlines() if not line.startswith("[Gloo]")]
+    return "\n".join(lines)[-chars:]
+
+
+def run_processes(workdir, out, *, via_env, cache_dir, timeout=240):
+    """Starts the worker as process 0 and 1 of a run and waits for both; a failure or a hang
+    ends both and shows each one's output."""
+    address = f"127.0.0.1:{free_port()}"
+    command = [
+        sys.executable,
+        WORKER,
+        f"--workdir={workdir}",
+        f"--out={out}",
+        f"--steps={STEPS}",
+        f"--save_every={SAVED_AT}",
+        f"--record_step={SAVED_AT}",
+    ]
+    procs, logs = [], []
+    for i in range(PROCESSES):
+        if via_env:  # the environment-variable path of distributed.initialize
+            args = []
+            env = {
+                distributed.ENV_COORDINATOR: address,
+                distributed.ENV_NUM_PROCESSES: str(PROCESSES),
+                distributed.ENV_PROCESS_ID: str(i),
+            }
+        else:  # the argument path
+            args = [
+                f"--coordinator_address={address}",
+                f"--num_processes={PROCESSES}",
+                f"--process_id={i}",
+            ]
+            env = {}
+        logs.append(out.parent / f"{out.name}_process_{i}.log")
+        with open(logs[-1], "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    command + args,
+                    cwd=ROOT,
+                    env=multihost_env(**env, **_compile_cache_env(cache_dir)),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    deadline = time.monotonic() + timeout
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p for p in procs if p.poll() not in (None, 0)]
+            if failed or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    codes = [p.returncode for p in procs]
+    if codes != [0] * PROCESSES:
+        what = "timed out" if time.monotonic() > deadline else "failed"
+        report = "\n".join(
+            f"--- process {i} (exit code {code}), end of its output:\n{_tail(log)}"
+            for i, (code, log) in enumerate(zip(codes, logs))
+        )
+        raise AssertionError(f"the {PROCESSES}-process run {what}:\n{report}")
+    return [dict(np.load(out / f"process_{i}.npz")) for i in range(PROCESSES)]
+
+
+def _section(result, prefix):
+    return {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
+
+
+def _assert_equal_trees(got, want, what):
+    assert got.keys() == want.keys(), what
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=f"{what}: {k}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """Two processes, STEPS steps from scratch, checkpoints at SAVED_AT and STEPS."""
+    root = tmp_path_factory.mktemp("two_processes")
+    results = run_processes(root / "workdir", root / "out", via_env=False, cache_dir=root / "cache")
+    return root / "workdir", results
+
+
+def test_two_processes_train_like_one_process_with_eight_devices(uninterrupted):
+    _, results = uninterrupted
+    for r in results:
+        assert r["counts"].tolist() == [2, 8, 4]  # processes, global and local devices
+        assert int(r["start"]) == 0 and len(r["losses"]) == STEPS
+    # Every host sees the same (replicated) metrics and the same whole arrays.
+    np.testing.assert_array_equal(results[0]["losses"], results[1]["losses"])
+    _assert_equal_trees(_section(results[1], "final/"), _section(results[0], "final/"), "hosts")
+
+    # One process, all 8 devices in the same mesh shape, fed the whole global batches.
+    config = tiny_config()
+    batches = [random_batch(config, i) for i in range(STEPS)]
+    _, state, losses = run_steps(config, sharding.make_mesh(config.mesh), batches)
+    one = {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in nnx.to_flat_state(state)}
+    two = _section(results[0], "final/")
+    assert one.keys() == two.keys()
+    assert any(k.startswith("1/") for k in two)  # optimizer moments and count are compared too
+    # Identical programs per device, but the cross-process all-reduces go through gloo, whose
+    # summation order differs from the in-process one: float32 rounding, not bit equality.
+    np.testing.assert_allclose(results[0]["losses"], losses, rtol=1e-6, atol=0)
+    for k in one:
+        np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_a_fresh_pair_of_processes_resumes_from_their_checkpoint_exactly(uninterrupted, tmp_path):
+    first_workdir, first = uninterrupted
+    saved = first_workdir / "checkpoints" / str(SAVED_AT)
+    # One Orbax step, written by both: arrays from each process, a data state per process.
+    assert (saved / "model" / "ocdbt.process_1").is_dir()
+    assert sorted(os.listdir(saved / "data")) == [
+        "commit_success.txt",
+        "process_0-of-2.json",
+        "process_1-of-2.json",
+    ]
+    # A new run that finds the step-SAVED_AT checkpoint in its workdir, as after preemption.
+    workdir = tmp_path / "workdir"
+    shutil.copytree(saved, workdir / "checkpoints" / str(SAVED_AT))
+    resumed = run_processes(
+        workdir, tmp_path / "out", via_env=True, cache_dir=first_workdir.parent / "cache"
+    )
+
+    want_saved = _section(first[0], "at_step/")
+    for r in resumed:
+        assert int(r["start"]) == SAVED_AT
+        _assert_equal_trees(_section(r, "restored/"), want_saved, "restored state")
+        # Same batches only if each process's data iterator came back where it was saved.
+        np.testing.assert_array_equal(r["losses"], first[0]["losses"][SAVED_AT:])
+        _assert_equal_trees(_section(r, "final/"), _section(first[0], "final/"), "final state")
+    # ...and what the resumed pair saved at the end reads back the same, whole, anywhere.
+    got, _ = checkpoint.load_weights(str(workdir))
+    want, _ = checkpoint.load_weights(str(first_workdir), step=STEPS)
+    _assert_equal_trees(got, want, "step-4 checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------
+# initialize(): what each setting does, and the errors that name the fix.
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in DIST_ENV + distributed.TPU_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+@pytest.fixture
+def jax_initialize_calls(clean_env):
+    """Records calls to jax.distributed.initialize instead of making them."""
+    calls = []
+    clean_env.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+    clean_env.setattr(jax.distributed, "is_initialized", lambda: False)
+    clean_env.setattr(distributed, "backends_started", lambda: False)
+    return calls
+
+
+def test_arguments_win_over_the_environment(clean_env):
+    clean_env.setenv(distributed.ENV_COORDINATOR, "10.0.0.1:1234")
+    clean_env.setenv(distributed.ENV_NUM_PROCESSES, "4")
+    clean_env.setenv(distributed.ENV_PROCESS_ID, "3")
+    clean_env.setenv(distributed.ENV_TIMEOUT, "60")
+    assert distributed.resolve_settings() == distributed.Settings("10.0.0.1:1234", 4, 3, 60)
+    assert distributed.resolve_settings("h:1", 2, 0, 5) == distributed.Settings("h:1", 2, 0, 5)
+    clean_env.delenv(distributed.ENV_TIMEOUT)
+    assert distributed.resolve_settings().timeout_seconds == distributed.DEFAULT_TIMEOUT_SECONDS
+
+
+@pytest.mark.parametrize(
+    "kwargs,env,match",
+    [
+        (dict(coordinator_address="h:1", num_processes=2), {}, r"set --process_id \(or MASK"),
+        (dict(num_processes=2, process_id=0), {}, r"set --coordinator_address"),
+        (dict(process_id=1), {}, r"set --coordinator_address .*, --num_processes"),
+        (dict(num_processes=2, process_id=2), {}, r"out of range .* in 0\.\.1"),
+        (dict(num_processes=2, process_id=-1), {}, r"negative; fix --process_id"),
+        (dict(num_processes=0), {}, r"at least 1 process"),
+        (dict(coordinator_address="10.0.0.1"), {}, r"not HOST:PORT"),
+        (dict(timeout_seconds=0), {}, r"positive number of seconds.*--distributed_timeout"),
+        ({}, {"MASKFEAT_NUM_PROCESSES": "two"}, r"MASKFEAT_NUM_PROCESSES='two' is not an int"),
+        (dict(num_processes=2), {"MASKFEAT_PROCESS_ID": "5"}, r"process_id=5 is out of range"),
+    ],
+)
+def test_inconsistent_settings_raise_errors_that_name_the_fix(
+    jax_initialize_calls, clean_env, kwargs, env, match
+):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(**kwargs)
+    assert jax_initialize_calls == []
+
+
+def test_single_process_and_already_initialized_are_left_alone(jax_initialize_calls, clean_env):
+    assert distributed.initialize() is False  # nothing configured, not on TPU
+    assert distributed.initialize(num_processes=1) is False
+    assert distributed.initialize("h:1", 1, 0) is False
+    clean_env.setattr(jax.distributed, "is_initialized", lambda: True)
+    assert distributed.initialize("h:1", 2, 0) is False
+    assert jax_initialize_calls == []
+
+
+def test_on_cloud_tpu_jax_finds_the_rest_within_the_timeout(jax_initialize_calls, clean_env):
+    assert distributed.on_cloud_tpu({"TPU_WORKER_HOSTNAMES": "w0,w1"})
+    # Set on CPU hosts that compile for TPU ahead of time: not a TPU host by itself.
+    assert not distributed.on_cloud_tpu({"TPU_ACCELERATOR_TYPE": "v5litepod-8"})
+    clean_env.setattr(distributed, "on_cloud_tpu", lambda: True)
+    assert distributed.initialize(timeout_seconds=42) is True
+    (call,) = jax_initialize_calls
+    assert call["coordinator_address"] is None and call["num_processes"] is None
+    assert call["process_id"] is None and call["initialization_timeout"] == 42
+
+
+def test_explicit_settings_reach_jax_with_gloo_on_cpu(jax_initialize_calls):
+    before = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", None)  # as on JAX without a default
+    try:
+        assert distributed.initialize("127.0.0.1:1234", 2, 0, timeout_seconds=9) is True
+        assert jax.config.jax_cpu_collectives_implementation == "gloo"
+    finally:
+        jax.config.update("jax_cpu_collectives_implementation", before)
+    (call,) = jax_initialize_calls
+    assert call == dict(
+        coordinator_address="127.0.0.1:1234",
+        num_processes=2,
+        process_id=0,
+        initialization_timeout=9,
+    )
+
+
+def test_called_after_devices_are_in_use_it_says_to_call_it_first(clean_env):
+    clean_env.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("was called"))
+    jax.devices()
+    with pytest.raises(RuntimeError, match="must run before anything uses JAX devices"):
+        distributed.initialize("127.0.0.1:1234", 2, 0)
+
+
+def test_a_coordinator_that_never_answers_times_out_naming_it(jax_initialize_calls):
+    address = f"127.0.0.1:{free_port()}"
+    t0 = time.monotonic()
+    with pytest.raises(
+        TimeoutError, match="process 1 of 2 waited 1 s for the coordinator at "
+    ) as e:
+        distributed.initialize(address, 2, 1, timeout_seconds=1)
+    assert address in str(e.value) and "--distributed_timeout" in str(e.value)
+    assert time.monotonic() - t0 < 5
+    assert jax_initialize_calls == []
+
+
+def test_process_0_without_its_peers_says_what_it_waited_for_before_jax_ends_it(tmp_path):
+    # JAX aborts the process at its deadline (DEADLINE_EXCEEDED, no Python exception).
+    address = f"127.0.0.1:{free_port()}"
+    script = (
+        "import resource\n"
+        "resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the abort leaves no core file\n"
+        "from maskfeat_jax import distributed\n"
+        f"distributed.initialize({address!r}, 2, 0, timeout_seconds=1)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=multihost_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "process 0 of 2 has waited" in proc.stderr, proc.stderr[-3000:]
+    assert f"at the coordinator {address}" in proc.stderr and "DEADLINE_EXCEEDED" in proc.stderr
+
+
+def test_main_stops_at_a_partial_multi_process_setup_before_jax_starts(tmp_path):
+    proc = run_main(tmp_path, "--num_processes=2", "--coordinator_address=127.0.0.1:1")
+    assert proc.returncode != 0
+    assert "set --process_id (or MASKFEAT_PROCESS_ID)" in proc.stderr, proc.stderr[-3000:]
