@@ -16,6 +16,7 @@ batch, remat, dtype, mesh.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import time
@@ -43,12 +44,27 @@ def _out_of_memory(e: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
+@contextlib.contextmanager
+def _kept_out_of_the_compilation_cache():
+    """A program compiled for described chips cannot be loaded back without them: JAX's
+    persistent cache (``JAX_COMPILATION_CACHE_DIR``) would store it and then fail to read it
+    on the next plan, with a warning and a second compile. Entries are written only for
+    compiles slower than this threshold, so an infinite one keeps the plan out."""
+    threshold = jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
+    try:
+        yield
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", threshold)
+
+
 def _compile(config: ml_collections.ConfigDict, mesh, chip: Chip):
     """The trainer and its step compiled for ``mesh``; XLA's out-of-memory refusal becomes a
     PlanError that names the knobs."""
     trainer = build_trainer(config, mesh)
     try:
-        return trainer, trainer.compile()
+        with _kept_out_of_the_compilation_cache():
+            return trainer, trainer.compile()
     except Exception as e:
         if not _out_of_memory(e):
             raise

@@ -1,5 +1,6 @@
 """The TPU planner: the real train step compiled for a TPU topology on this CPU-only machine."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -205,3 +206,15 @@ def test_model_flops_have_the_head_of_the_target():
     extra_outputs = 3 * 16 * 16 - 108
     head = 3 * batch * tokens * extra_outputs * (2 * width + 1)
     assert head <= pixel_flops - hog_flops <= 1.01 * head
+
+
+def test_plans_stay_out_of_the_persistent_compilation_cache():
+    """A TPU program compiled from a topology description cannot be read back without the
+    chips, so the planner's compiles write no cache entry (infinite time threshold), and the
+    user's threshold comes back afterwards, also after an error."""
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    with pytest.raises(RuntimeError, match="inside"):
+        with roofline._kept_out_of_the_compilation_cache():
+            assert jax.config.jax_persistent_cache_min_compile_time_secs == float("inf")
+            raise RuntimeError("inside")
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == before
