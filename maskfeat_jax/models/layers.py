@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -126,6 +126,26 @@ def drop_path(x: jax.Array, rate, key: jax.Array | None) -> jax.Array:
     shape = (x.shape[0],) + (1,) * (x.ndim - 1)
     kept = jax.random.bernoulli(key, keep, shape)
     return jnp.where(kept, x / keep.astype(x.dtype), jnp.zeros((), x.dtype))
+
+
+def build_blocks(make: Callable[[Any, nnx.Rngs], nnx.Module], specs: Sequence, rngs: nnx.Rngs):
+    """``[make(s, rngs) for s in specs]``; under a trace (``nnx.eval_shape``, a jitted init)
+    each block is traced in a frame of its own. Flax advances an rng count once per parameter,
+    and under a trace each advance walks the whole frame being traced (building an error
+    message for the tracer's missing ``sharding``), so one frame for all blocks makes a deep
+    model's build quadratic in depth: MViTv2-L's abstract build took 21 s of CPU, 3 s with a
+    frame per block. The same keys in the same order: the parameters are unchanged. Built
+    eagerly, blocks are made in place (a jit per block would compile each initializer)."""
+    if not isinstance(rngs.params.key.get_value(), jax.core.Tracer):
+        return [make(s, rngs) for s in specs]
+    blocks = []
+    for s in specs:
+
+        def block(r: nnx.Rngs, s=s) -> nnx.Module:
+            return make(s, r)
+
+        blocks.append(nnx.jit(block)(rngs))
+    return blocks
 
 
 def drop_path_rates(rate: float, depth: int) -> list[float]:

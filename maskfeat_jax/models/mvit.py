@@ -314,7 +314,11 @@ class MViT(layers.MaskFeatModel):
         self.patch_embed = PatchEmbed(spec, dtype=dtype, rngs=rngs)
         self.cls_token = nnx.Param(token_init(rngs.params(), (1, 1, d)))
         self.blocks = nnx.List(
-            [MultiScaleBlock(b, spec.mlp_ratio, dtype=dtype, rngs=rngs) for b in spec.blocks()]
+            layers.build_blocks(
+                lambda b, r: MultiScaleBlock(b, spec.mlp_ratio, dtype=dtype, rngs=r),
+                spec.blocks(),
+                rngs,
+            )
         )
         self._init_heads(d, spec.out_dim, dtype=dtype, rngs=rngs)
 

@@ -246,7 +246,9 @@ class ViT(layers.MaskFeatModel):
             )
             self.blocks = make_stack(rngs)
         else:
-            self.blocks = nnx.List([make_block(rngs) for _ in range(spec.depth)])
+            self.blocks = nnx.List(
+                layers.build_blocks(lambda _, r: make_block(r), range(spec.depth), rngs)
+            )
 
         self._init_heads(d, d, dtype=dtype, rngs=rngs)
 

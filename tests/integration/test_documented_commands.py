@@ -6,7 +6,8 @@ repository's ``configs/`` in it, as in a checkout) and nothing else changed but:
   at small real data made here: an imagenet2012 tfds build, Kinetics-style video folders
   prepared by the documented ``prepare_video`` commands;
 - ``gs://bucket/`` is a local folder;
-- arguments appended at the end cut a long run to a step or two of a smaller model.
+- arguments appended at the end cut a long run to a step or two of a smaller model;
+- XLA compiles with the tests' flags (tests/support/runs.py: faster compiles, same programs).
 A command that appears in the docs and not in ``RECIPES`` fails the coverage test, and a
 recipe whose command is no longer documented fails it too."""
 
@@ -25,7 +26,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.support.runs import ROOT
+from tests.support.runs import ROOT, xla_flags
 
 # ------------------------------------------------------------------------------------------
 # Finding the commands.
@@ -107,6 +108,10 @@ MVIT = [
 ]
 MVIT_PT = [*MVIT, "--config.mask.grid=(4,2,2)", *NO_PICTURES]
 MVIT_FT = [*MVIT, "--config.eval.batch_size=8", "--config.eval.num_clips=2"]
+# The MViTv2-L recipes cut to the small model in float32 without rematerialisation (bfloat16
+# and remat have tests of their own in tests/unit/models/): the pretraining step is then the
+# S recipe's program, loaded from the compilation cache instead of compiled again.
+AS_S = ["--config.model.dtype=float32", "--config.model.remat=False"]
 SMALL_EMBEDDED_VIDEOS = [
     "--config.input.embedded_videos.videos_per_photo=1",
     "--config.input.embedded_videos.num_frames=40",
@@ -240,7 +245,7 @@ RECIPES = {
     ),
     "python -m maskfeat_jax.plan --config configs/in1k_vit_l_pretrain.py --topology v5e:16x16 "
     "--config.input.batch_size=4096 [--num_slices 2] [--json plan.json] [--dump_hlo "
-    "step.hlo]": recipe("plan", "--config.model.depth=2", outputs=("plan.json", "step.hlo")),
+    "step.hlo]": recipe("plan", "--config.model.depth=1", outputs=("plan.json", "step.hlo")),
     # README: benchmarks.
     "python -m benchmarks.run # writes benchmarks/results/latest.{json,md}": recipe(
         "benchmarks", "--quick", "--no-compile", "--repeats=1", "--out=bench"
@@ -297,6 +302,7 @@ RECIPES = {
     "--config.input.data_dir=$DATA_DIR --workdir gs://bucket/maskfeat/mvit_l": recipe(
         "mvit_l_pt",
         *MVIT_PT,
+        *AS_S,
         env={"DATA_DIR": "k400_data"},
         needs=("k400_records",),
         outputs=("bucket/maskfeat/mvit_l/checkpoints/2",),
@@ -316,6 +322,7 @@ RECIPES = {
         recipe(
             "mvit_l_ft",
             *MVIT_FT,
+            *AS_S,
             env={"DATA_DIR": "k400_data", "PT": "bucket/maskfeat/mvit_l"},
             needs=("k400_validation", "mvit_l_pt"),
             outputs=("bucket/ft_mvit_l/results.json",),
@@ -455,11 +462,10 @@ class Sandbox:
 
     def run(self, command: str, r: Recipe | None = None) -> subprocess.CompletedProcess:
         env = dict(os.environ, PYTHONPATH=ROOT, DATA=self.at("data"), TFDS_DIR=self.at("tfds"))
-        env.pop("XLA_FLAGS", None)  # a user's machine: one CPU device, not the tests' eight
+        env["XLA_FLAGS"] = xla_flags()  # a user's machine: one CPU device, not the tests' eight
         # Runs of the same program (the README's and a docstring's form of one recipe) compile
-        # it once, through JAX's persistent cache, as a user's repeated runs can.
-        env["JAX_COMPILATION_CACHE_DIR"] = self.at("jax_cache")
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        # it once, through the run's persistent compilation cache (tests/conftest.py), as a
+        # user's repeated runs can.
         # `python` is this interpreter, as in an activated virtual environment.
         env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
         env.update({variable: self.at(place) for variable, place in (r.env if r else ())})

@@ -50,14 +50,18 @@ def test_prepare_keeps_what_plays_and_names_the_rest(zoo):
 
 
 def test_pretraining_over_the_zoo_skips_nothing(zoo, tmp_path):
-    """The command as a user runs it, at batch 16: every clip of every prepared video
-    decodes, whatever its timing, size or length (4 steps read 64 clips of 42 records)."""
+    """The command as a user runs it, at batch 16 (the demo's model at 64 px): every clip of
+    every prepared video decodes, whatever its timing, size or length (4 steps read 64 clips
+    of 42 records)."""
     out, _ = zoo
     proc = runs.run_main(
         tmp_path,
         "--config.input.dataset=records",
         f"--config.input.data_dir={out}",
         "--config.input.batch_size=16",
+        "--config.model.embed_dim=16",
+        "--config.model.image_size=64",
+        "--config.mask.grid=4,2,2",
         "--config.total_steps=4",
         "--config.log_every_steps=1",
         "--config.visualize_every_steps=0",

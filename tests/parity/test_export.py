@@ -15,7 +15,7 @@ from flax import nnx
 from maskfeat_jax import checkpoint
 from maskfeat_jax.interop import export, torch_names
 from maskfeat_jax.models import mvit, vit
-from tests.support.random_models import random_model
+from tests.support.random_models import forward, random_model
 from tests.support.runs import ROOT, child_env
 from tests.support.torch_inputs import clips, images, mvit_spec, to_nchw, vit_spec
 
@@ -259,7 +259,7 @@ def test_torchvision_mvit_loads_strictly_and_matches_in_float64(tmp_path, num_cl
     with jax.enable_x64(True):
         model = random_model(spec, seed=7, dtype=jnp.float64)
         exp, path = exported_file(model, "torchvision", tmp_path)
-        ours = np.asarray(model(jnp.asarray(x)))
+        ours = np.asarray(forward(model, jnp.asarray(x)))
     tv = build_from_printed(exp, path, torch.float64)
     with torch.no_grad():
         tokens = torch_reference.torchvision_mvit_tokens(tv, xt.double())
@@ -281,7 +281,8 @@ def test_torchvision_mvit_float32_fine_tuning_logits(tmp_path):
     with torch.no_grad():
         tokens = torch_reference.torchvision_mvit_tokens(tv, xt.float())
         theirs = torch_reference.torchvision_mvit_mean_pool_logits(tv, tokens).numpy()
-    np.testing.assert_allclose(theirs, np.asarray(model(jnp.asarray(x, jnp.float32))), atol=1e-4)
+    ours = np.asarray(forward(model, jnp.asarray(x, jnp.float32)))
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

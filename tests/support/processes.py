@@ -5,7 +5,7 @@ import os
 import socket
 
 from maskfeat_jax import distributed
-from tests.support.runs import ROOT
+from tests.support.runs import ROOT, xla_flags
 
 DIST_ENV = (
     distributed.ENV_COORDINATOR,
@@ -24,4 +24,4 @@ def free_port() -> int:
 def multihost_env(**env):
     """The test's environment without its 8-device XLA flag or any MASKFEAT_* setting."""
     base = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    return dict(base, PYTHONPATH=ROOT, XLA_FLAGS="", JAX_PLATFORMS="cpu", **env)
+    return dict(base, PYTHONPATH=ROOT, XLA_FLAGS=xla_flags(), JAX_PLATFORMS="cpu", **env)

@@ -29,3 +29,9 @@ def random_model(spec, seed=0, dtype=jnp.float32, **kw):
     param_dtype = jnp.float64 if dtype == jnp.float64 else None
     torch_names.load_flat_params(model, params, dtype=param_dtype)
     return model
+
+
+# Compiled forward passes: a small MViT's forward runs op by op in about 30 s on this CPU and
+# compiled in about 4 s. Traced under the caller's precision (inside ``jax.enable_x64`` too).
+forward = nnx.jit(lambda model, *inputs: model(*inputs))
+encode = nnx.jit(lambda model, x: model.encode(x))

@@ -61,3 +61,21 @@ def test_target_size_zero_leaves_an_encoder_without_a_pretraining_head():
         nnx.eval_shape(lambda m: m(x), model)
     with pytest.raises(ValueError, match="target_size 0. has no mask token"):
         nnx.eval_shape(lambda m: m.encode(x, jnp.zeros((2, 4), bool)), model)
+
+
+def test_blocks_built_under_a_trace_get_a_frame_each_and_the_same_parameters():
+    spec = vit.make_spec("B/16", image_size=32, width=32, depth=3, num_heads=2, mlp_dim=64)
+
+    def build():
+        return nnx.state(vit.ViT(spec, rngs=nnx.Rngs(0)), nnx.Param)
+
+    # One nested jit per block in the traced build (each block's rng advances walk only its
+    # own frame), none eagerly.
+    jaxpr = jax.make_jaxpr(build)()
+    nested = [e for e in jaxpr.eqns if e.params.get("name") == "block"]
+    assert len(nested) == spec.depth
+    # The same keys in the same order (compiled and eager initializers differ in the last bit).
+    eager = build()
+    traced = jax.jit(build)()
+    for (path, a), (_, b) in zip(nnx.to_flat_state(eager), nnx.to_flat_state(traced)):
+        np.testing.assert_allclose(a[...], b[...], rtol=1e-5, atol=1e-8, err_msg=str(path))

@@ -60,9 +60,15 @@ def test_collectives_inside_loops_count_once_per_trip():
     np.testing.assert_allclose(hlo.collective_bytes(known, 4)["all-gather"], 6 * full * 3 / 4)
 
 
+@pytest.fixture(scope="module")
+def slice_plan():
+    """The tiny config planned on a v5e:2x2 slice (compiled once for the tests that read it)."""
+    return roofline.plan(tiny_config(), "v5e:2x2")
+
+
 @pytest.mark.slow
-def test_plan_compiles_the_train_step_for_a_tpu_slice():
-    result = roofline.plan(tiny_config(), "v5e:2x2")
+def test_plan_compiles_the_train_step_for_a_tpu_slice(slice_plan):
+    result = slice_plan
     assert result["chips"] == 4 and result["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
     hbm = result["hbm_bytes"]
     assert hbm["arguments"] > 0 and hbm["temporaries"] > 0
@@ -120,8 +126,8 @@ def test_multi_slice_mesh_keeps_fsdp_inside_a_slice_and_plans():
 
 
 @pytest.mark.slow
-def test_scanned_blocks_take_costs_from_the_unrolled_step():
-    unrolled = roofline.plan(tiny_config(), "v5e:2x2")
+def test_scanned_blocks_take_costs_from_the_unrolled_step(slice_plan):
+    unrolled = slice_plan
     config = tiny_config()
     config.model.scan = True
     scanned = roofline.plan(config, "v5e:2x2")
