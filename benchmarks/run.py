@@ -9,7 +9,8 @@
    same run.
 
 Writes ``OUT/latest.json`` and ``OUT/latest.md`` (the table the README shows, with the
-machine it ran on). ``--quick`` shrinks sizes for a smoke run (its numbers mean nothing).
+machine it ran on). ``--quick`` shrinks sizes (the ViT to 2 blocks) for a smoke run (its
+numbers mean nothing).
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     hog._print_table(result["hog"])
     print("== ViT-B/16 pretraining step")
     result["vit_step"] = vit_step.measure(
-        step_batch, repeats, with_compile=not args.no_compile, gemm_n=1024 if args.quick else 4096
+        step_batch,
+        repeats,
+        with_compile=not args.no_compile,
+        gemm_n=1024 if args.quick else 4096,
+        depth=2 if args.quick else 12,
     )
     vit_step.print_table(result["vit_step"])
     table = markdown(result)

@@ -39,11 +39,12 @@ def _median_seconds(fn, repeats: int) -> list[float]:
     return times
 
 
-def step_config(batch: int):
+def step_config(batch: int, depth: int = 12):
     from maskfeat_jax import defaults
 
     c = defaults.pretrain_config()
     c.model.variant = "B/16"
+    c.model.depth = depth
     c.input.batch_size = batch
     c.total_steps = 1000
     c.optim.warmup_steps = 10
@@ -62,12 +63,12 @@ def make_inputs(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 class OurStep:
-    def __init__(self, images: np.ndarray, masks: np.ndarray):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, depth: int = 12):
         from maskfeat_jax import sharding
         from maskfeat_jax.planning import flops
         from maskfeat_jax import trainer as trainer_lib
 
-        config = step_config(images.shape[0])
+        config = step_config(images.shape[0], depth)
         mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
         self.trainer = trainer_lib.build_trainer(config, mesh)
         self.compiled = self.trainer.compile()
@@ -87,7 +88,9 @@ class TorchStep:
     """timm ViT-B/16 as MaskFeat uses it (mask token replaces masked patch embeddings before
     cls and positions are added; a linear head on the patch tokens) with the reference HOG."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, compile: bool = False):
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, compile: bool = False, depth: int = 12
+    ):
         import timm
         import torch
 
@@ -95,7 +98,9 @@ class TorchStep:
 
         torch.manual_seed(0)
         self.torch = torch
-        self.vit = timm.create_model("vit_base_patch16_224", num_classes=0, pretrained=False)
+        self.vit = timm.create_model(
+            "vit_base_patch16_224", num_classes=0, pretrained=False, depth=depth
+        )
         self.mask_token = torch.nn.Parameter(torch.zeros(1, 1, 768))
         torch.nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.head = torch.nn.Linear(768, 108)
@@ -158,19 +163,24 @@ def gemm_peak(n: int = 4096, repeats: int = 5) -> dict:
 
 
 def measure(
-    batch: int = 8, repeats: int = 5, with_compile: bool = True, gemm_n: int = 4096
+    batch: int = 8,
+    repeats: int = 5,
+    with_compile: bool = True,
+    gemm_n: int = 4096,
+    depth: int = 12,
 ) -> dict:
+    """``depth`` below ViT-B's 12 only for smoke runs (both contenders get the same depth)."""
     images, masks = make_inputs(batch)
-    contenders = {"jax": OurStep(images, masks)}
+    contenders = {"jax": OurStep(images, masks, depth)}
     torch_threads = None
     try:
         import torch
 
         torch_threads = cpu_threads()
         torch.set_num_threads(torch_threads)
-        contenders["torch_eager"] = TorchStep(images, masks)
+        contenders["torch_eager"] = TorchStep(images, masks, depth=depth)
         if with_compile:
-            contenders["torch_compile"] = TorchStep(images, masks, compile=True)
+            contenders["torch_compile"] = TorchStep(images, masks, compile=True, depth=depth)
     except ImportError:
         pass
     first_loss = {}
@@ -187,6 +197,7 @@ def measure(
     model_flops = contenders["jax"].model_flops
     result = {
         "batch": batch,
+        "depth": depth,
         "repeats": repeats,
         "cpu_threads": cpu_threads(),
         "torch_threads": torch_threads,
@@ -241,7 +252,9 @@ def profile(batch: int = 8, top: int = 12) -> list[tuple[str, float]]:
 def print_table(r: dict) -> None:
     peak = r["gemm_peak_flops"]
     print(
-        f"MaskFeat ViT-B/16 pretraining step, batch {r['batch']}, {r['repeats']} interleaved "
+        f"MaskFeat ViT-B/16 pretraining step"
+        + (f" cut to {r['depth']} blocks" if r.get("depth", 12) != 12 else "")
+        + f", batch {r['batch']}, {r['repeats']} interleaved "
         f"repeats (medians); {r['cpu_threads']} CPU threads; model FLOPs "
         f"{r['model_flops_per_step'] / 1e9:.0f} G per step"
     )

@@ -56,6 +56,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
             dtype="float32",
             scan=False,
             remat=False,
+            # Which form of each op in maskfeat_jax/ops: "auto" (per backend), "reference"
+            # (the plain JAX forms accelerators run) or "tuned" (the CPU forms everywhere).
+            kernels="auto",
         )
     )
 
@@ -159,6 +162,7 @@ def video_pretrain_config() -> ml_collections.ConfigDict:
             num_classes=0,
             dtype="float32",
             remat=False,
+            kernels="auto",  # as for the ViT above
         )
     )
     c.mask = ml_collections.ConfigDict(

@@ -14,6 +14,7 @@ import ml_collections
 from flax import nnx
 
 from maskfeat_jax.models import mvit, vit
+from maskfeat_jax.ops import dispatch
 
 FAMILIES = ("vit", "mvit")
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
@@ -23,6 +24,12 @@ def compute_dtype(name: str):
     if name not in _DTYPES:
         raise ValueError(f"config.model.dtype={name!r} is not one of {sorted(_DTYPES)}.")
     return _DTYPES[name]
+
+
+def kernels(name: str) -> str:
+    if name not in dispatch.IMPLS:
+        raise ValueError(f"config.model.kernels={name!r} is not one of {dispatch.IMPLS}.")
+    return name
 
 
 def model_spec(model: ml_collections.ConfigDict, target_size: int = 0):
@@ -65,6 +72,7 @@ def from_config(
         "dtype": compute_dtype(model.get("dtype", "float32")),
         "remat": model.get("remat", False),
         "drop_path_rate": float(model.get("drop_path_rate", 0.0) or 0.0),
+        "kernels": kernels(model.get("kernels", "auto")),
         "rngs": rngs,
     }
     if model.name == "mvit":

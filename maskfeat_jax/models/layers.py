@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskfeat_jax.ops import activations, linear
+from maskfeat_jax.ops import activations, dispatch, linear
 
 AXES_KEY = "axes"
 LN_EPS = 1e-6
@@ -235,6 +236,20 @@ class PredictionHead(nnx.Module):
         return at_least_f32(self.proj(self.norm(x)))
 
 
+def with_kernels(method: Callable) -> Callable:
+    """A model method traced with the op forms the model's ``kernels`` names ('auto' leaves
+    the choice to the caller's ``ops.implementation``, per backend by default)."""
+
+    @functools.wraps(method)
+    def traced(self, *args, **kwargs):
+        if self.kernels == "auto":
+            return method(self, *args, **kwargs)
+        with dispatch.implementation(self.kernels):
+            return method(self, *args, **kwargs)
+
+    return traced
+
+
 class MaskFeatModel(nnx.Module):
     """What the ViT and MViT families share around their encoders: the input check, the
     mask-token replacement with cls in front, and the two readouts.
@@ -244,6 +259,7 @@ class MaskFeatModel(nnx.Module):
     ``_init_heads`` and implements ``encode(x, mask) -> [B, 1+N, D]``."""
 
     name = "model"
+    kernels = "auto"  # ops.dispatch: which form of each op the methods trace
 
     def _init_heads(self, token_dim: int, out_dim: int, *, dtype: Dtype, rngs: nnx.Rngs):
         """Fine-tuning: ``norm`` + ``head``; pretraining: ``mask_token`` + ``pred_head``;
@@ -289,6 +305,7 @@ class MaskFeatModel(nnx.Module):
         )
         return shard_batch(jnp.concatenate([cls, tokens], axis=1))
 
+    @with_kernels
     def __call__(
         self, x: jax.Array, mask: jax.Array | None = None, *, key: jax.Array | None = None
     ) -> jax.Array:
@@ -306,6 +323,7 @@ class MaskFeatModel(nnx.Module):
             return at_least_f32(self.head(self.norm(self.pool(patches))))
         return self.pred_head(patches)
 
+    @with_kernels
     def features(self, x: jax.Array) -> jax.Array:
         """Frozen-encoder features for linear probing: mean of the last block's patch tokens
         (a pretrained encoder has no final norm), float32 [B, D]."""

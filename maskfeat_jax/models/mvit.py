@@ -292,6 +292,8 @@ class MViT(layers.MaskFeatModel):
       remat: rematerialize each block in the backward pass (saves activation memory).
       drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the
         first); active only when the call passes a ``key``.
+      kernels: the form of each op (``maskfeat_jax.ops``): 'auto' (per backend),
+        'reference' or 'tuned'; config.model.kernels.
     """
 
     name = "MViT"
@@ -303,10 +305,12 @@ class MViT(layers.MaskFeatModel):
         dtype=jnp.float32,
         remat: bool = False,
         drop_path_rate: float = 0.0,
+        kernels: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.spec = spec
         self.dtype = dtype
+        self.kernels = kernels
         self.remat = remat
         self.drop_rates = tuple(layers.drop_path_rates(drop_path_rate, spec.depth))
         d = spec.embed_dim
@@ -322,12 +326,14 @@ class MViT(layers.MaskFeatModel):
         )
         self._init_heads(d, spec.out_dim, dtype=dtype, rngs=rngs)
 
+    @layers.with_kernels
     def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Patch embedding, mask-token replacement and cls: [B, 1+N, D]."""
         if not self.spec.is_video:
             x = x[:, None]
         return self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
 
+    @layers.with_kernels
     def encode(
         self, x: jax.Array, mask: jax.Array | None = None, key: jax.Array | None = None
     ) -> jax.Array:

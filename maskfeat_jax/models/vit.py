@@ -212,6 +212,8 @@ class ViT(layers.MaskFeatModel):
       remat: rematerialize each block in the backward pass (saves activation memory).
       drop_path_rate: stochastic depth of the last block (rising linearly from 0 at the
         first); active only when the call passes a ``key``.
+      kernels: the form of each op (``maskfeat_jax.ops``): 'auto' (per backend),
+        'reference' or 'tuned'; config.model.kernels.
     """
 
     name = "ViT"
@@ -224,10 +226,12 @@ class ViT(layers.MaskFeatModel):
         scan: bool = False,
         remat: bool = False,
         drop_path_rate: float = 0.0,
+        kernels: str = "auto",
         rngs: nnx.Rngs,
     ):
         self.spec = spec
         self.dtype = dtype
+        self.kernels = kernels
         self.scan = scan
         self.remat = remat
         self.drop_rates = tuple(layers.drop_path_rates(drop_path_rate, spec.depth))
@@ -252,11 +256,13 @@ class ViT(layers.MaskFeatModel):
 
         self._init_heads(d, d, dtype=dtype, rngs=rngs)
 
+    @layers.with_kernels
     def embed(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         """Patch embedding, mask-token replacement, cls and position embedding: [B, 1+N, D]."""
         tokens = self._mask_and_cls(self.patch_embed(x.astype(self.dtype)), mask)
         return tokens + self.pos_embed[...].astype(tokens.dtype)
 
+    @layers.with_kernels
     def encode(
         self, x: jax.Array, mask: jax.Array | None = None, key: jax.Array | None = None
     ) -> jax.Array:

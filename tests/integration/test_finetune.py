@@ -4,6 +4,7 @@ small video MViT fine-tunes and is tested with multiple views."""
 import numpy as np
 
 from maskfeat_jax import defaults, loop
+from tests.support.steps import REFERENCE_KERNELS
 
 # ---------------------------------------------------------------------------------------------
 # Layer-wise LR decay.
@@ -60,7 +61,7 @@ def test_video_finetune_with_multi_view_testing(tmp_path):
 
     c = demo_video.get_config("smoke")
     c.model.update(num_classes=21, drop_path_rate=0.1, image_size=64, num_frames=4)
-    c.model.update(embed_dim=16, depth=3, stage_starts=(1, 2))
+    c.model.update(embed_dim=16, depth=3, stage_starts=(1, 2), kernels=REFERENCE_KERNELS)
     c.input.update(
         batch_size=8,
         scale=(0.08, 1.0),

@@ -1,5 +1,6 @@
-"""The training command runs the demos end to end (metrics, TensorBoard, pictures,
-checkpoints) and refuses unknown config keys."""
+"""The training command runs the demo end to end (metrics, TensorBoard, pictures,
+checkpoints) and refuses unknown config keys. The video demo runs as the README writes it in
+test_documented_commands.py."""
 
 import json
 import subprocess
@@ -7,9 +8,6 @@ import sys
 
 import numpy as np
 
-from configs import (
-    demo_video,
-)
 from tests.support.runs import ROOT, child_env, run_main
 
 
@@ -64,29 +62,3 @@ def test_unknown_config_key_is_refused(tmp_path):
     assert proc.returncode != 0
     assert "batchsize" in proc.stderr
 
-
-def test_video_demo_smoke_run_end_to_end(tmp_path):
-    workdir = tmp_path / "demo_video"
-    small = (
-        "--config.model.embed_dim=16",
-        "--config.model.image_size=64",
-        "--config.mask.grid=4,2,2",
-    )
-    proc = run_main(
-        workdir,
-        "--config.input.batch_size=4",
-        *small,
-        config="configs/demo_video.py:smoke",
-        XLA_FLAGS="",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert [line["step"] for line in lines] == [1, 5, 10]
-    assert all(np.isfinite(line["loss"]) for line in lines)
-    assert lines[-1]["loss"] < lines[0]["loss"]
-    assert (workdir / "checkpoints" / "10").is_dir()
-    # The clips came from the embedded H.264 videos, built in the workdir on first use.
-    assert (workdir / "embedded_videos" / "train.json").is_file()
-    assert all(line["skipped_inputs"] == 0 for line in lines)
-    c = demo_video.get_config()
-    assert c.model.name == "mvit" and c.mask.kind == "cube" and c.input.dataset == "embedded"

@@ -10,6 +10,7 @@ from maskfeat_jax import defaults, loop
 from maskfeat_jax.data import prepare_video, video_records
 from tests.support import messy_videos as mv
 from tests.support import runs
+from tests.support.steps import REFERENCE_KERNELS
 
 CLASSES = ("indoor", "outdoor")
 
@@ -62,6 +63,7 @@ def test_pretraining_over_the_zoo_skips_nothing(zoo, tmp_path):
         "--config.model.embed_dim=16",
         "--config.model.image_size=64",
         "--config.mask.grid=4,2,2",
+        f"--config.model.kernels={REFERENCE_KERNELS}",
         "--config.total_steps=4",
         "--config.log_every_steps=1",
         "--config.visualize_every_steps=0",
@@ -79,7 +81,7 @@ def test_multi_view_evaluation_uses_every_video(zoo, tmp_path):
     out, kinds = zoo
     c = demo_video.get_config("smoke")
     c.model.update(num_classes=len(CLASSES), drop_path_rate=0.1, image_size=64, num_frames=4)
-    c.model.update(embed_dim=16, depth=3, stage_starts=(1, 2))
+    c.model.update(embed_dim=16, depth=3, stage_starts=(1, 2), kernels=REFERENCE_KERNELS)
     c.input.update(dataset="records", data_dir=out, batch_size=8, scale=(0.08, 1.0))
     c.input.update(examples_per_epoch=16)
     c.mixup = defaults.finetune_config().mixup

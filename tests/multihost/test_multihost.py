@@ -148,8 +148,10 @@ def test_two_processes_train_like_one_process_with_eight_devices(uninterrupted):
 def test_a_fresh_pair_of_processes_resumes_from_their_checkpoint_exactly(uninterrupted, tmp_path):
     first_workdir, first = uninterrupted
     saved = first_workdir / "checkpoints" / str(SAVED_AT)
-    # One Orbax step, written by both: arrays from each process, a data state per process.
-    assert (saved / "model" / "ocdbt.process_1").is_dir()
+    # One Orbax step, written by both: the arrays by the holders of their first replica (the
+    # processes replicate each other's small shards: checkpoint.MIN_REPLICA_SLICE_BYTES), a
+    # data state per process.
+    assert (saved / "model" / "ocdbt.process_0").is_dir()
     assert sorted(os.listdir(saved / "data")) == [
         "commit_success.txt",
         "process_0-of-2.json",

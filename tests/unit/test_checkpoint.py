@@ -35,6 +35,37 @@ def _mesh(n, axes=(("data", 1), ("fsdp", -1), ("tensor", 1))):
     return sharding.make_mesh(axes, devices=jax.devices()[:n])
 
 
+
+@pytest.mark.slow
+def test_small_replicated_arrays_are_saved_without_a_slice_program_each(tmp_path, monkeypatch):
+    """On a mesh with data replicas, Orbax would split each replicated array's write across
+    them through an eager slice per shape; below MIN_REPLICA_SLICE_BYTES it does not."""
+    config = tiny_config(mesh=(("data", 2), ("fsdp", 4), ("tensor", 1)))
+    trainer = trainer_lib.build_trainer(config)
+    state = trainer.init(jax.random.key(0))
+    slices = []
+    real_slice = jax.lax.slice_in_dim
+    monkeypatch.setattr(
+        jax.lax, "slice_in_dim", lambda *a, **k: slices.append(a[0].shape) or real_slice(*a, **k)
+    )
+    for name, min_bytes in (("default", checkpoint.MIN_REPLICA_SLICE_BYTES), ("every", 0)):
+        monkeypatch.setattr(checkpoint, "MIN_REPLICA_SLICE_BYTES", min_bytes)
+        slices.clear()
+        with checkpoint.RunCheckpoints(str(tmp_path / name), every_steps=1) as ckpts:
+            ckpts.save(1, state, data=None, rng=jax.random.key(0), config=config)
+        if min_bytes:
+            assert slices == []
+        else:  # the rule is what stops it: with no minimum every array is split
+            assert len(slices) > 20
+        restored = checkpoint.restore_run(
+            str(tmp_path / name),
+            sharding.abstract_on_mesh(trainer.abstract_state, trainer.state_shardings),
+        )
+        for (path, var), (_, back) in zip(
+            nnx.to_flat_state(state), nnx.to_flat_state(restored.state), strict=True
+        ):
+            np.testing.assert_array_equal(back.get_value(), var.get_value(), err_msg=str(path))
+
 @pytest.mark.slow
 def test_restore_onto_a_mesh_of_another_size_gives_identical_values(tmp_path):
     config = tiny_config(mesh=(("data", 1), ("fsdp", -1), ("tensor", 1)))

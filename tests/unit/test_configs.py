@@ -115,6 +115,12 @@ def test_k400_configs_carry_the_reference_recipe(module, variant, params, epochs
     assert batch["image"].shape == (512, 16, 224, 224, 3) and batch["mask"].shape == (512, 8, 7, 7)
 
 
+def test_video_demo_is_an_mvit_with_cube_masks_on_the_embedded_videos():
+    c = demo_video.get_config()
+    assert c.model.name == "mvit" and c.mask.kind == "cube" and c.input.dataset == "embedded"
+    assert demo_video.get_config("smoke").total_steps == 10
+
+
 def test_video_demo_vit_variant_builds_the_tubelet_model():
     trainer = trainer_lib.build_trainer(demo_video.get_config("vit"))
     spec = trainer.spec

@@ -87,23 +87,27 @@ def test_relative_index_matches_the_reference_formula():
     )
 
 
+# Compiled: op by op, the embedding's strided views each compile a program of their own.
+embed = nnx.jit(lambda model, x, mask=None: model.embed(x, mask))
+
+
 def test_mask_tokens_replace_input_embeddings():
     spec = small_spec()
     model = build(spec)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 64, 64, 3)), jnp.float32)
     mask = np.zeros((1, *spec.token_grid), bool)
     mask[0, 1, :8, :8] = True  # one 32-px cube unit in temporal slot 1
-    tokens = model.embed(x, jnp.asarray(mask.reshape(1, -1)))
+    tokens = np.asarray(embed(model, x, jnp.asarray(mask.reshape(1, -1))))
     flat_mask = mask.reshape(-1)
     np.testing.assert_allclose(
         tokens[0, 1:][flat_mask], np.broadcast_to(model.mask_token[...][0], (64, 16)), atol=1e-6
     )
-    plain = model.embed(x)
+    plain = np.asarray(embed(model, x))
     np.testing.assert_allclose(tokens[0, 1:][~flat_mask], plain[0, 1:][~flat_mask], atol=1e-6)
     # Replaced, not added to: the masked region's pixels do not reach its tokens.
     x2 = x.at[:, 2:4, :32, :32].set(3.0)
     np.testing.assert_allclose(
-        model.embed(x2, jnp.asarray(mask.reshape(1, -1)))[0, 1:][flat_mask],
+        np.asarray(embed(model, x2, jnp.asarray(mask.reshape(1, -1))))[0, 1:][flat_mask],
         tokens[0, 1:][flat_mask],
         atol=1e-6,
     )
@@ -111,8 +115,9 @@ def test_mask_tokens_replace_input_embeddings():
 
 @pytest.mark.slow
 def test_remat_computes_the_same_function_and_gradients():
-    spec = small_spec()
-    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 8, 64, 64, 3)), jnp.float32)
+    # Two blocks (the second q-pooled, with relative positions) on 4 frames at 32 px.
+    spec = small_spec(depth=2, stage_starts=(1,), num_frames=4, image_size=32)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 4, 32, 32, 3)), jnp.float32)
     ref = build(spec)
     other = build(spec, remat=True)
     grad = nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(x) ** 2)))

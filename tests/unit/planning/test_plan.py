@@ -60,6 +60,25 @@ def test_collectives_inside_loops_count_once_per_trip():
     np.testing.assert_allclose(hlo.collective_bytes(known, 4)["all-gather"], 6 * full * 3 / 4)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compiled_once():
+    """The tests here plan the same few programs with different figures around them (a chip
+    of another size, an HLO printer that fails): each program is compiled once per module.
+    Compiling does not depend on the chip figures, only on the config and the devices."""
+    programs = {}
+    compile_program = roofline._compile
+
+    def cached(config, mesh, chip):
+        key = (config.to_json(), tuple(d.id for d in mesh.devices.flat), mesh.axis_names)
+        if key not in programs:
+            programs[key] = compile_program(config, mesh, chip)
+        return programs[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(roofline, "_compile", cached)
+        yield
+
+
 @pytest.fixture(scope="module")
 def slice_plan():
     """The tiny config planned on a v5e:2x2 slice (compiled once for the tests that read it)."""
