@@ -116,6 +116,9 @@ def pretrain_config() -> ml_collections.ConfigDict:
             weight_decay=0.05,
             extra_no_decay=(),
             clip_grad_norm=0.02,
+            # An update whose loss or gradient is not finite is skipped; this many in a row
+            # stop the run (the weights stay those of the last finite step).
+            max_consecutive_skips=5,
         )
     )
 

@@ -13,6 +13,12 @@ class ConfigError(UserError):
     label = "Config error"
 
 
+class TrainingError(UserError):
+    """A run that cannot go on as configured (updates that stay non-finite)."""
+
+    label = "Training stopped"
+
+
 class DataError(UserError):
     """Data that cannot be read as the config says (missing directory, split or records)."""
 

@@ -13,7 +13,6 @@ and a SIGTERM (preemption) saves and stops.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -24,6 +23,7 @@ from flax import nnx
 
 from maskfeat_jax import (
     checkpoint,
+    errors,
     evaluate,
     optim,
     preflight,
@@ -218,17 +218,50 @@ class _Rates:
 
 
 def _logged(metrics, bad_inputs: skipping.BadInputMonitor, rates: _Rates, step: int) -> dict:
-    """The step's metrics on the host, with input counts and rates; stops on a NaN loss."""
+    """The step's metrics on the host, with input counts and rates."""
     out = {k: float(v) for k, v in jax.device_get(metrics).items()}
     out["skipped_inputs"] = float(bad_inputs.skipped)
     out["excluded_inputs"] = float(bad_inputs.excluded)
     out.update(rates.read(step))
-    if not math.isfinite(out["loss"]):
-        raise FloatingPointError(
-            f"loss became {out['loss']} at step {step}; lower config.optim.base_lr or check "
-            "the input data."
-        )
     return out
+
+
+class _SkippedUpdates:
+    """Reads each step's count of skipped updates in a row (the step before the one just
+    dispatched, so one step stays queued), logs every skip and stops the run after
+    ``limit`` in a row."""
+
+    def __init__(self, limit: int, checkpoints: checkpoint.RunCheckpoints):
+        if limit < 1:
+            raise errors.ConfigError(
+                f"config.optim.max_consecutive_skips={limit}: it must be at least 1."
+            )
+        self.limit, self.checkpoints = limit, checkpoints
+
+    def check(self, dispatched: tuple[Any, int] | None) -> None:
+        """``dispatched``: (metrics, step) of a step already dispatched, or None."""
+        if dispatched is None:
+            return
+        metrics, step = dispatched
+        if not int(metrics["skips_in_a_row"]):
+            return
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        in_a_row = int(m["skips_in_a_row"])
+        logging.warning(
+            "Step %d: loss %s, gradient norm %s; the update was skipped (%d in a row, %d in "
+            "all).",
+            step, m["loss"], m["grad_norm"], in_a_row, int(m["skipped_updates"]),
+        )  # fmt: skip
+        if in_a_row >= self.limit:
+            self.checkpoints.wait_until_finished()
+            saved = self.checkpoints.latest_step()
+            kept = f"checkpoint step {saved} is intact" if saved else "no checkpoint was saved"
+            raise errors.TrainingError(
+                f"{in_a_row} updates in a row had a non-finite loss or gradient (steps "
+                f"{step - in_a_row + 1}-{step}; the weights are those of step "
+                f"{step - in_a_row}, {kept}); lower config.optim.base_lr or check the input "
+                "data (config.optim.max_consecutive_skips sets how many skips stop the run)."
+            )
 
 
 def _evaluated(evaluator: evaluate.Evaluator, state, step: int, log) -> dict[str, float]:
@@ -272,6 +305,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, data: Any) -> dict[s
     model_inputs = tuple(built.abstract_batch())
     step_rng = sharding.replicate_key(rng, built.mesh)
     rates, last = _Rates(start), {}
+    skipped, previous = _SkippedUpdates(int(config.optim.max_consecutive_skips), ckpts), None
     sigterm = checkpoint.SigtermWatcher()
     try:
         for step in range(start + 1, total + 1):
@@ -290,6 +324,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, data: Any) -> dict[s
             )
             rates.waited += time.perf_counter() - t_wait
             state, metrics = compiled(state, batch, step_rng)
+            skipped.check(previous)
+            previous = (metrics, step)
             log.progress.advance(step)
             if step == start + 1 or step % log_every == 0 or step == total:
                 last = _logged(metrics, bad_inputs, rates, step)
@@ -317,6 +353,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, data: Any) -> dict[s
                 )
                 last["preempted"] = 1.0
                 break
+        skipped.check(previous)
         if start >= total:
             logging.info("Checkpoint step %d already completes the schedule.", start)
         ckpts.wait_until_finished()

@@ -198,3 +198,12 @@ def make_optimizer(
             raise ValueError("layer decay needs the model depth; pass depth=.")
         parts.append(scale_by_layer_decay(float(decay), depth))
     return optax.chain(*parts)
+
+
+def skipping_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``tx`` whose update is skipped (a zero update; ``tx``'s state unchanged) when any
+    gradient is not finite. The state counts skips in a row (``notfinite_count``) and in all
+    (``total_notfinite``). optax would let an update through after ``max_consecutive_errors``
+    skips; the training loop stops the run long before (``optim.max_consecutive_skips``), so
+    that count is set beyond reach."""
+    return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)

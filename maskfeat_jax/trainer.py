@@ -15,6 +15,7 @@ import math
 from typing import Any, Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -38,7 +39,9 @@ def train_step(
     mixup_groups: int = 1,
 ):
     """One optimizer step. ``state`` is (model, optimizer[, EMA model]); the step's random
-    key (drop path, erasing noise, mixup) is ``rng`` folded with the step counter."""
+    key (drop path, erasing noise, mixup) is ``rng`` folded with the step counter. A step
+    whose loss or gradient norm is not finite changes nothing but the step counter; the
+    metrics count such skipped updates (in all, and in a row up to this step)."""
     parts = nnx.merge(graphdef, state)
     model, optimizer = parts[0], parts[1]
     step = optimizer.step[...]
@@ -53,10 +56,23 @@ def train_step(
         has_aux=True,
     )
     (loss, aux), grads = grad_fn(model)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The optimizer skips updates with a non-finite gradient (optim.skipping_nonfinite); a
+    # non-finite loss skips the update too, whatever its gradient.
+    grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.nan), grads)
     optimizer.update(model, grads)
-    if len(parts) > 2:
-        finetune.update_ema(parts[2], model, config.optim.ema_decay)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(step), **aux}
+    if len(parts) > 2:  # a skipped step leaves the EMA as it is too
+        finetune.update_ema(parts[2], model, jnp.where(finite, config.optim.ema_decay, 1.0))
+    skips = optimizer.opt_state
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": schedule(step),
+        "skipped_updates": skips.total_notfinite[...],
+        "skips_in_a_row": skips.notfinite_count[...],
+        **aux,
+    }
     return nnx.state(parts), metrics
 
 
@@ -104,7 +120,9 @@ def mixup_groups(config: ml_collections.ConfigDict, mesh, rules) -> int:
 def _train_objects(config: ml_collections.ConfigDict, task, schedule, rngs: nnx.Rngs):
     """(model, optimizer) plus an EMA copy of the model when ``config.optim.ema_decay``."""
     model = models.from_config(config.model, rngs, target_size=task.target_size)
-    tx = optim.make_optimizer(config.optim, schedule, depth=model.spec.depth)
+    tx = optim.skipping_nonfinite(
+        optim.make_optimizer(config.optim, schedule, depth=model.spec.depth)
+    )
     objects = (model, nnx.Optimizer(model, tx, wrt=nnx.Param))
     if config.optim.get("ema_decay"):
         objects += (finetune.make_ema(model),)

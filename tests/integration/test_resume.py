@@ -2,6 +2,7 @@
 parameters, SIGTERM saves the current step, and a save killed mid-write never counts."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -151,3 +152,33 @@ def test_a_save_killed_mid_write_is_never_taken_for_a_checkpoint(tmp_path):
     while sorted(os.listdir(directory)) != ["1"] and time.time() < deadline:
         time.sleep(0.05)
     assert sorted(os.listdir(directory)) == ["1"]
+
+
+def test_updates_that_stay_nonfinite_stop_the_run_and_keep_the_last_good_weights(
+    tmp_path, uninterrupted
+):
+    """The finished run's step-24 checkpoint, continued with every input pixel divided by
+    zero: each loss is NaN, three skipped updates in a row stop the run with one line."""
+    workdir = tmp_path / "nonfinite"
+    shutil.copytree(uninterrupted / "checkpoints" / "24", workdir / "checkpoints" / "24")
+    good, _ = checkpoint.load_weights(str(workdir))
+    proc = run_main(
+        workdir,
+        *RUN,
+        "--config.checkpoint.every_steps=2",
+        "--config.input.std=0.,0.,0.",
+        "--config.optim.max_consecutive_skips=3",
+        XLA_FLAGS="",
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last_line = proc.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Training stopped: 3 updates in a row had a non-finite loss")
+    assert "steps 25-27; the weights are those of step 24" in last_line, last_line
+    assert proc.stderr.count("the update was skipped") == 3
+    lines = _losses(workdir)
+    assert sorted(lines) == [25, 26, 27] and not any(np.isfinite(v) for v in lines.values())
+    # The checkpoint written during the skipped steps holds the step-24 weights, bit for bit.
+    assert (workdir / "checkpoints" / "26").is_dir()
+    _assert_same_weights(workdir / "checkpoints" / "24", workdir / "checkpoints" / "26")
+    saved, _ = checkpoint.load_weights(str(workdir), step=26)
+    assert saved.keys() == good.keys()

@@ -53,6 +53,41 @@ def test_video_batches_go_through_the_sharded_step_unchanged(family):
         np.testing.assert_allclose(p8[k], p1[k], atol=2e-5, err_msg=str(k))
 
 
+
+def _numpy_state(state):
+    return {k: np.array(v.get_value()) for k, v in nnx.to_flat_state(state)}
+
+
+@pytest.mark.slow
+def test_a_step_with_a_nonfinite_loss_changes_nothing_but_the_step_counter():
+    config = tiny_config(mesh=(("data", 1), ("fsdp", 1), ("tensor", 1)))
+    mesh = sharding.make_mesh(config.mesh, devices=jax.devices()[:1])
+    good = trainer_lib.build_trainer(config, mesh)
+    poisoned = config.copy_and_resolve_references()
+    poisoned.input.std = (0.0, 0.0, 0.0)  # every input pixel divided by zero: a NaN loss
+    bad = trainer_lib.build_trainer(poisoned, mesh)
+    batches = [sharding.to_global(random_batch(config, s), good.batch_sharding) for s in (0, 1)]
+    rng = jax.random.key(0)
+    state, _ = good.step(good.init(jax.random.key(0)), batches[0], rng)
+    before = _numpy_state(state)  # the step donates its input state: copied first
+
+    state, metrics = bad.step(state, batches[1], rng)
+    assert not np.isfinite(float(metrics["loss"]))
+    assert (int(metrics["skips_in_a_row"]), int(metrics["skipped_updates"])) == (1, 1)
+    after = _numpy_state(state)
+    assert after.keys() == before.keys()
+    counters = ("last_finite", "notfinite_count", "total_notfinite")  # the skips' own records
+    for key, value in before.items():
+        if key == (1, "step"):
+            assert after[key] == value + 1  # the schedule moves on
+        elif key[-1] not in counters:  # parameters, AdamW moments and its count as they were
+            np.testing.assert_array_equal(after[key], value, err_msg=str(key))
+
+    state, metrics = good.step(state, batches[1], rng)  # and training goes on from there
+    assert np.isfinite(float(metrics["loss"]))
+    assert (int(metrics["skips_in_a_row"]), int(metrics["skipped_updates"])) == (0, 1)
+    assert not np.array_equal(params_of(state)[("pos_embed",)], before[(0, "pos_embed")])
+
 def test_fsdp_rules_really_shard_parameters_and_optimizer_state():
     config = tiny_config(mesh=(("data", 1), ("fsdp", 8), ("tensor", 1)))
     trainer = trainer_lib.build_trainer(config)
@@ -60,7 +95,8 @@ def test_fsdp_rules_really_shard_parameters_and_optimizer_state():
     qkv = state[0]["blocks"][0]["attn"]["qkv"]["kernel"].get_value()
     assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     assert qkv.addressable_shards[0].data.shape == (64 // 8, 192)
-    mu = state[1]["opt_state"][1][0]["mu"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
+    adamw = state[1]["opt_state"]["inner_state"][1][0]  # inside the skip of non-finite updates
+    mu = adamw["mu"]["blocks"][0]["mlp"]["fc1"]["kernel"].get_value()
     assert mu.addressable_shards[0].data.shape == (8, 128)
     # Nearly everything is split 8 ways; only LayerNorms, small biases and the 108-d head stay
     # whole.
