@@ -21,31 +21,52 @@ Settings; an argument wins over the environment, and ``maskfeat_jax.main`` has a
   ``MASKFEAT_NUM_PROCESSES``       ``--num_processes``        processes in the run (1: single)
   ``MASKFEAT_PROCESS_ID``          ``--process_id``           this one, 0 .. num_processes - 1
   ``MASKFEAT_DISTRIBUTED_TIMEOUT`` ``--distributed_timeout``  seconds to wait for all (300)
+  ``MASKFEAT_HEARTBEAT_TIMEOUT``   ``--heartbeat_timeout``    seconds of silence before a
+                                                              process counts as dead (100)
   ===============================  =========================  ===============================
 
 The devices per CPU process are JAX's own ``JAX_NUM_CPU_DEVICES`` (``cpu_devices`` here).
 When its timeout runs out JAX ends the process (no Python exception), so a coordinator that
 never answers is reported first, as a ``TimeoutError``, and a process still waiting for its
 peers logs what it waited for just before JAX's deadline.
+
+A process that dies mid-run (a lost host) is noticed by the others in one of two ways: a
+collective with it fails (gloo on CPU reports the closed connection at once), or JAX's
+coordination service misses its heartbeats for the heartbeat timeout and ends every other
+process. ``stop_after_failure`` makes the first way quick: it ends this process with one line
+instead of waiting at JAX's shutdown barrier for the dead one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import os
 import socket
+import sys
 import threading
 import time
-from typing import Mapping
+import traceback
+from typing import Mapping, NoReturn
 
 import jax
 from absl import logging
+
+from maskfeat_jax import errors
 
 ENV_COORDINATOR = "MASKFEAT_COORDINATOR"
 ENV_NUM_PROCESSES = "MASKFEAT_NUM_PROCESSES"
 ENV_PROCESS_ID = "MASKFEAT_PROCESS_ID"
 ENV_TIMEOUT = "MASKFEAT_DISTRIBUTED_TIMEOUT"
+ENV_HEARTBEAT = "MASKFEAT_HEARTBEAT_TIMEOUT"
 DEFAULT_TIMEOUT_SECONDS = 300
+# JAX's own default. Shorter notices a lost host sooner; too short ends healthy runs whose
+# host is briefly unreachable (a network blip, a VM paused for maintenance). Heartbeats come
+# from a background thread, so long compiles and saves do not miss them.
+DEFAULT_HEARTBEAT_SECONDS = 100
+# Exit code of a process that stopped because the run failed elsewhere or in a collective:
+# a launcher restarts the whole run on it (2, a config or data error, is not worth a restart).
+EXIT_RUN_FAILED = 3
 
 # Set on GKE TPU node pools and multislice jobs. TPU_ACCELERATOR_TYPE alone is no sign of a
 # TPU host: it is also set on CPU machines that compile for a TPU topology ahead of time.
@@ -56,6 +77,7 @@ _FLAG_AND_ENV = {
     "num_processes": f"--num_processes (or {ENV_NUM_PROCESSES})",
     "process_id": f"--process_id (or {ENV_PROCESS_ID})",
     "timeout_seconds": f"--distributed_timeout (or {ENV_TIMEOUT})",
+    "heartbeat_seconds": f"--heartbeat_timeout (or {ENV_HEARTBEAT})",
 }
 
 
@@ -65,6 +87,7 @@ class Settings:
     num_processes: int | None
     process_id: int | None
     timeout_seconds: int
+    heartbeat_seconds: int = DEFAULT_HEARTBEAT_SECONDS
 
     @property
     def configured(self) -> bool:
@@ -104,6 +127,7 @@ def resolve_settings(
     process_id: int | None = None,
     timeout_seconds: float | None = None,
     environ: Mapping[str, str] | None = None,
+    heartbeat_seconds: float | None = None,
 ) -> Settings:
     """The arguments, else the environment, checked for what is wrong on its own (a missing
     piece is only an error off TPU, where JAX cannot find it; see ``initialize``)."""
@@ -115,11 +139,18 @@ def resolve_settings(
         process_id = _env_int(env, ENV_PROCESS_ID)
     if timeout_seconds is None:
         timeout_seconds = _env_int(env, ENV_TIMEOUT) or DEFAULT_TIMEOUT_SECONDS
-    if timeout_seconds <= 0:
-        raise ValueError(
-            f"The distributed timeout must be a positive number of seconds, got "
-            f"{timeout_seconds}; set {_FLAG_AND_ENV['timeout_seconds']}."
-        )
+    if heartbeat_seconds is None:
+        heartbeat_seconds = _env_int(env, ENV_HEARTBEAT) or DEFAULT_HEARTBEAT_SECONDS
+    for name, value in (
+        ("timeout_seconds", timeout_seconds),
+        ("heartbeat_seconds", heartbeat_seconds),
+    ):
+        if value <= 0:
+            what = "distributed" if name == "timeout_seconds" else "heartbeat"
+            raise ValueError(
+                f"The {what} timeout must be a positive number of seconds, got {value}; set "
+                f"{_FLAG_AND_ENV[name]}."
+            )
     if num_processes is not None and num_processes < 1:
         raise ValueError(
             f"num_processes={num_processes}: a run has at least 1 process; fix "
@@ -135,7 +166,9 @@ def resolve_settings(
         )
     if coordinator is not None:
         _split_address(coordinator)
-    return Settings(coordinator, num_processes, process_id, int(timeout_seconds))
+    return Settings(
+        coordinator, num_processes, process_id, int(timeout_seconds), int(heartbeat_seconds)
+    )
 
 
 def on_cloud_tpu(environ: Mapping[str, str] | None = None) -> bool:
@@ -221,12 +254,21 @@ def initialize(
     process_id: int | None = None,
     *,
     timeout_seconds: float | None = None,
+    heartbeat_seconds: float | None = None,
     cpu_devices: int | None = None,
 ) -> bool:
     """Joins the multi-process run if there is one; returns whether this call joined it.
 
-    ``cpu_devices``: devices of this process's CPU backend (simulated hosts, tests)."""
-    settings = resolve_settings(coordinator_address, num_processes, process_id, timeout_seconds)
+    ``heartbeat_seconds``: silence after which the coordination service counts a process as
+    dead and ends the others. ``cpu_devices``: devices of this process's CPU backend
+    (simulated hosts, tests)."""
+    settings = resolve_settings(
+        coordinator_address,
+        num_processes,
+        process_id,
+        timeout_seconds,
+        heartbeat_seconds=heartbeat_seconds,
+    )
     if jax.distributed.is_initialized():
         logging.info("JAX distributed system already initialized; leaving it as it is.")
         return False
@@ -275,6 +317,7 @@ def initialize(
             num_processes=settings.num_processes,
             process_id=settings.process_id,
             initialization_timeout=remaining,
+            heartbeat_timeout_seconds=settings.heartbeat_seconds,
         )
     except Exception as e:
         raise RuntimeError(
@@ -285,3 +328,34 @@ def initialize(
         timer.cancel()
     logging.info("Joined the distributed run as %s.", settings.describe())
     return True
+
+
+def stop_after_failure(error: Exception) -> NoReturn:
+    """Ends this process of a multi-process run at once, after ``error`` left its work.
+
+    At exit JAX waits at a shutdown barrier for every process, and one that died (or is stuck
+    in a collective with a dead one) never arrives: this process would wait there until the
+    heartbeat timeout and then abort. A failure on one host is a failure of the run, so the
+    reason goes to the log in one line (after the traceback, unless it is a user error) and the
+    process exits at once, with code 2 for a user error and ``EXIT_RUN_FAILED`` otherwise; its
+    peers then fail their next collective with it and do the same. Checkpoints already
+    committed are complete; a save still being written is left as a temporary directory that
+    the restarted run removes."""
+    who = f"process {jax.process_index()} of {jax.process_count()}"
+    if isinstance(error, errors.UserError):
+        reason, exit_code = f"{error.label} ({who}): {error}", 2
+    else:
+        logging.error("%s failed:\n%s", who, "".join(traceback.format_exception(error)))
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]
+        reason, exit_code = f"Stopping {who}: {type(error).__name__}: {first_line}", EXIT_RUN_FAILED
+        if isinstance(error, jax.errors.JaxRuntimeError):
+            reason += (
+                ". If another process of the run died (a lost host), restart every process "
+                "with the same command: the run resumes from its newest complete checkpoint."
+            )
+    logging.error("%s", reason)
+    for handler in py_logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

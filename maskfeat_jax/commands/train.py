@@ -44,6 +44,12 @@ _DISTRIBUTED_TIMEOUT = flags.DEFINE_integer(
     None,
     "Seconds to wait for all processes to join ($MASKFEAT_DISTRIBUTED_TIMEOUT; default 300).",
 )
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout",
+    None,
+    "Seconds without a heartbeat after which a process counts as dead and the others stop "
+    "($MASKFEAT_HEARTBEAT_TIMEOUT; default 100).",
+)
 
 
 def main(argv):
@@ -58,11 +64,19 @@ def main(argv):
         _NUM_PROCESSES.value,
         _PROCESS_ID.value,
         timeout_seconds=_DISTRIBUTED_TIMEOUT.value,
+        heartbeat_seconds=_HEARTBEAT_TIMEOUT.value,
     )
+    import jax
+
     from maskfeat_jax import checkpoint, loop  # after joining, as above
 
     checkpoint.quiet_orbax_logging()
-    metrics = loop.run(_CONFIG.value, _WORKDIR.value)
+    try:
+        metrics = loop.run(_CONFIG.value, _WORKDIR.value)
+    except Exception as e:
+        if jax.process_count() > 1:  # not a wait at JAX's exit barrier for a dead peer
+            distributed.stop_after_failure(e)
+        raise
     logging.info("Finished: %s", {k: round(v, 6) for k, v in metrics.items()})
 
 

@@ -204,10 +204,16 @@ def test_arguments_win_over_the_environment(clean_env):
     clean_env.setenv(distributed.ENV_NUM_PROCESSES, "4")
     clean_env.setenv(distributed.ENV_PROCESS_ID, "3")
     clean_env.setenv(distributed.ENV_TIMEOUT, "60")
-    assert distributed.resolve_settings() == distributed.Settings("10.0.0.1:1234", 4, 3, 60)
-    assert distributed.resolve_settings("h:1", 2, 0, 5) == distributed.Settings("h:1", 2, 0, 5)
+    clean_env.setenv(distributed.ENV_HEARTBEAT, "20")
+    assert distributed.resolve_settings() == distributed.Settings("10.0.0.1:1234", 4, 3, 60, 20)
+    assert distributed.resolve_settings("h:1", 2, 0, 5, heartbeat_seconds=7) == (
+        distributed.Settings("h:1", 2, 0, 5, 7)
+    )
     clean_env.delenv(distributed.ENV_TIMEOUT)
-    assert distributed.resolve_settings().timeout_seconds == distributed.DEFAULT_TIMEOUT_SECONDS
+    clean_env.delenv(distributed.ENV_HEARTBEAT)
+    settings = distributed.resolve_settings()
+    assert settings.timeout_seconds == distributed.DEFAULT_TIMEOUT_SECONDS
+    assert settings.heartbeat_seconds == distributed.DEFAULT_HEARTBEAT_SECONDS
 
 
 @pytest.mark.parametrize(
@@ -221,6 +227,7 @@ def test_arguments_win_over_the_environment(clean_env):
         (dict(num_processes=0), {}, r"at least 1 process"),
         (dict(coordinator_address="10.0.0.1"), {}, r"not HOST:PORT"),
         (dict(timeout_seconds=0), {}, r"positive number of seconds.*--distributed_timeout"),
+        (dict(heartbeat_seconds=-1), {}, r"heartbeat timeout .*positive.*--heartbeat_timeout"),
         ({}, {"MASKFEAT_NUM_PROCESSES": "two"}, r"MASKFEAT_NUM_PROCESSES='two' is not an int"),
         (dict(num_processes=2), {"MASKFEAT_PROCESS_ID": "5"}, r"process_id=5 is out of range"),
     ],
@@ -259,7 +266,10 @@ def test_explicit_settings_reach_jax_with_gloo_on_cpu(jax_initialize_calls):
     before = jax.config.jax_cpu_collectives_implementation
     jax.config.update("jax_cpu_collectives_implementation", None)  # as on JAX without a default
     try:
-        assert distributed.initialize("127.0.0.1:1234", 2, 0, timeout_seconds=9) is True
+        assert (
+            distributed.initialize("127.0.0.1:1234", 2, 0, timeout_seconds=9, heartbeat_seconds=30)
+            is True
+        )
         assert jax.config.jax_cpu_collectives_implementation == "gloo"
     finally:
         jax.config.update("jax_cpu_collectives_implementation", before)
@@ -269,6 +279,7 @@ def test_explicit_settings_reach_jax_with_gloo_on_cpu(jax_initialize_calls):
         num_processes=2,
         process_id=0,
         initialization_timeout=9,
+        heartbeat_timeout_seconds=30,
     )
 
 
@@ -317,3 +328,33 @@ def test_main_stops_at_a_partial_multi_process_setup_before_jax_starts(tmp_path)
     proc = run_main(tmp_path, "--num_processes=2", "--coordinator_address=127.0.0.1:1")
     assert proc.returncode != 0
     assert "set --process_id (or MASKFEAT_PROCESS_ID)" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "error,code,line",
+    [
+        (
+            "errors.DataError(\"no split 'train'\")",
+            2,
+            "Data error (process 0 of 1): no split 'train'",
+        ),
+        (
+            'RuntimeError("boom")',
+            distributed.EXIT_RUN_FAILED,
+            "Stopping process 0 of 1: RuntimeError: boom",
+        ),
+    ],
+)
+def test_a_failed_process_exits_at_once_with_one_line(error, code, line):
+    script = (
+        "from maskfeat_jax import distributed, errors\n"
+        f"try:\n    raise {error}\n"
+        "except Exception as e:\n    distributed.stop_after_failure(e)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=multihost_env(), capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert [ln for ln in proc.stderr.splitlines() if line in ln], proc.stderr[-3000:]
+    assert ("Traceback" in proc.stderr) == (code != 2)  # a user error is one line only

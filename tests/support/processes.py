@@ -12,6 +12,7 @@ DIST_ENV = (
     distributed.ENV_NUM_PROCESSES,
     distributed.ENV_PROCESS_ID,
     distributed.ENV_TIMEOUT,
+    distributed.ENV_HEARTBEAT,
 )
 
 
