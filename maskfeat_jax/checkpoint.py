@@ -256,9 +256,16 @@ class RunCheckpoints:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def restore(
-        self, abstract_state: nnx.State, *, data: Any = None, step: int | None = None
+        self,
+        abstract_state: nnx.State,
+        *,
+        data: Any = None,
+        step: int | None = None,
+        global_batch: int | None = None,
     ) -> Restored:
-        return restore_run(self.directory, abstract_state, data=data, step=step)
+        return restore_run(
+            self.directory, abstract_state, data=data, step=step, global_batch=global_batch
+        )
 
     def wait_until_finished(self) -> None:
         self.manager.wait_until_finished()
@@ -275,13 +282,20 @@ class RunCheckpoints:
 
 
 def restore_run(
-    path: str, abstract_state: nnx.State, *, data: Any = None, step: int | None = None
+    path: str,
+    abstract_state: nnx.State,
+    *,
+    data: Any = None,
+    step: int | None = None,
+    global_batch: int | None = None,
 ) -> Restored:
     """Restores model, optimizer, RNG and (if ``data`` is given) the data iterator in place.
 
     ``abstract_state`` is the (model, optimizer) state as ``jax.ShapeDtypeStruct`` leaves with
     the target ``sharding`` set: arrays are read straight into their shards, on a mesh of any
-    size (a run saved on 8 devices resumes on 4)."""
+    size (a run saved on 8 devices resumes on 4). The data iterator's position carries over
+    to another process count, worker count or ``global_batch`` (this run's
+    ``config.input.batch_size``; None: unchanged) as ``maskfeat_jax.data.positions`` says."""
     directory, step = resolve(path, step)
     present = _items(directory, step)
     missing = {"model", "optimizer", "meta"} - present
@@ -306,9 +320,13 @@ def restore_run(
     if data is not None:
         if "data" not in present:
             raise ValueError(f"{directory}/{step} has no data iterator state to resume.")
-        import grain
+        from maskfeat_jax.data import positions  # only when a data iterator is restored
 
-        items["data"] = grain.checkpoint.CheckpointRestore(data)
+        data_restore = positions.restore_or_carry_over(
+            files.join(directory, str(step)), data, global_batch=global_batch
+        )
+        if data_restore is not None:  # else the position is already set in ``data``
+            items["data"] = data_restore
     try:
         with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             out = ckptr.restore(files.join(directory, str(step)), args=ocp.args.Composite(**items))

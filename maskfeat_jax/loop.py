@@ -70,14 +70,16 @@ def initial_state(
     """(state, rng, step, where it came from), in big_vision's order: a checkpoint of this run
     in the workdir > ``config.resume`` (another run's full state) > ``config.init_from``
     (weights only) > a fresh init. Restores put arrays straight into their shardings and
-    rewind ``data`` to where the saved run was."""
+    rewind ``data`` to where the saved run was (on any process or worker count)."""
     config = built.config
     target = built.abstract_state_on_mesh()
     if ckpts.latest_step() is not None:
-        r = ckpts.restore(target, data=data)
+        r = ckpts.restore(target, data=data, global_batch=config.input.batch_size)
         return r.state, r.rng, r.step, f"resumed from {ckpts.directory}/{r.step}"
     if config.get("resume"):
-        r = checkpoint.restore_run(config.resume, target, data=data)
+        r = checkpoint.restore_run(
+            config.resume, target, data=data, global_batch=config.input.batch_size
+        )
         return r.state, r.rng, r.step, f"resumed from config.resume={config.resume} step {r.step}"
     rng = jax.random.key(config.seed)
     state = built.init(rng)
