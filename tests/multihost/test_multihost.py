@@ -1,11 +1,10 @@
 """Multi-host on one machine: two real processes (4 CPU devices each, gloo collectives) join
 through ``maskfeat_jax.distributed`` and train on the global 8-device mesh, each feeding only
-its half of every global batch. They match one process with 8 devices, and a fresh pair
-resumes from their Orbax checkpoint exactly. Also: what ``initialize`` does with each kind of
-setting, and the errors that name the fix."""
+its half of every global batch. They match one process with 8 devices. (Checkpoints, resumes
+and faults of multi-process runs: test_faults.py.) Also: what ``initialize`` does with each
+kind of setting, the errors that name the fix, and how a failed process exits."""
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from maskfeat_jax import checkpoint, distributed, sharding
+from maskfeat_jax import distributed, sharding
 from tests.support.processes import DIST_ENV, free_port, multihost_env
 from tests.support.runs import ROOT, run_main
 from tests.support.steps import random_batch, run_steps, tiny_config
@@ -23,16 +22,6 @@ from tests.support.steps import random_batch, run_steps, tiny_config
 WORKER = os.path.join(ROOT, "tests", "support", "multihost_worker.py")
 PROCESSES = 2
 STEPS = 4
-SAVED_AT = 2  # the worker saves every SAVED_AT steps
-
-
-def _compile_cache_env(directory):
-    """The resumed pair loads the step the first pair compiled (the same program)."""
-    return {
-        "JAX_COMPILATION_CACHE_DIR": str(directory),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
 
 
 def _tail(path, chars=3000):
@@ -40,42 +29,27 @@ def _tail(path, chars=3000):
     return "\n".join(lines)[-chars:]
 
 
-def run_processes(workdir, out, *, via_env, cache_dir, timeout=240):
+def run_processes(out, *, timeout=240):
     """Starts the worker as process 0 and 1 of a run and waits for both; a failure or a hang
     ends both and shows each one's output."""
     address = f"127.0.0.1:{free_port()}"
     command = [
         sys.executable,
         WORKER,
-        f"--workdir={workdir}",
         f"--out={out}",
         f"--steps={STEPS}",
-        f"--save_every={SAVED_AT}",
-        f"--record_step={SAVED_AT}",
     ]
     procs, logs = [], []
     for i in range(PROCESSES):
-        if via_env:  # the environment-variable path of distributed.initialize
-            args = []
-            env = {
-                distributed.ENV_COORDINATOR: address,
-                distributed.ENV_NUM_PROCESSES: str(PROCESSES),
-                distributed.ENV_PROCESS_ID: str(i),
-            }
-        else:  # the argument path
-            args = [
-                f"--coordinator_address={address}",
-                f"--num_processes={PROCESSES}",
-                f"--process_id={i}",
-            ]
-            env = {}
+        args = [f"--coordinator_address={address}", f"--num_processes={PROCESSES}"]
+        args.append(f"--process_id={i}")
         logs.append(out.parent / f"{out.name}_process_{i}.log")
         with open(logs[-1], "w") as log:
             procs.append(
                 subprocess.Popen(
                     command + args,
                     cwd=ROOT,
-                    env=multihost_env(**env, **_compile_cache_env(cache_dir)),
+                    env=multihost_env(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
                 )
@@ -114,18 +88,17 @@ def _assert_equal_trees(got, want, what):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    """Two processes, STEPS steps from scratch, checkpoints at SAVED_AT and STEPS."""
+def two_processes(tmp_path_factory):
+    """Two processes, STEPS steps from scratch."""
     root = tmp_path_factory.mktemp("two_processes")
-    results = run_processes(root / "workdir", root / "out", via_env=False, cache_dir=root / "cache")
-    return root / "workdir", results
+    return run_processes(root / "out")
 
 
-def test_two_processes_train_like_one_process_with_eight_devices(uninterrupted):
-    _, results = uninterrupted
+def test_two_processes_train_like_one_process_with_eight_devices(two_processes):
+    results = two_processes
     for r in results:
         assert r["counts"].tolist() == [2, 8, 4]  # processes, global and local devices
-        assert int(r["start"]) == 0 and len(r["losses"]) == STEPS
+        assert len(r["losses"]) == STEPS
     # Every host sees the same (replicated) metrics and the same whole arrays.
     np.testing.assert_array_equal(results[0]["losses"], results[1]["losses"])
     _assert_equal_trees(_section(results[1], "final/"), _section(results[0], "final/"), "hosts")
@@ -143,38 +116,6 @@ def test_two_processes_train_like_one_process_with_eight_devices(uninterrupted):
     np.testing.assert_allclose(results[0]["losses"], losses, rtol=1e-6, atol=0)
     for k in one:
         np.testing.assert_allclose(two[k], one[k], rtol=1e-5, atol=1e-7, err_msg=k)
-
-
-def test_a_fresh_pair_of_processes_resumes_from_their_checkpoint_exactly(uninterrupted, tmp_path):
-    first_workdir, first = uninterrupted
-    saved = first_workdir / "checkpoints" / str(SAVED_AT)
-    # One Orbax step, written by both: the arrays by the holders of their first replica (the
-    # processes replicate each other's small shards: checkpoint.MIN_REPLICA_SLICE_BYTES), a
-    # data state per process.
-    assert (saved / "model" / "ocdbt.process_0").is_dir()
-    assert sorted(os.listdir(saved / "data")) == [
-        "commit_success.txt",
-        "process_0-of-2.json",
-        "process_1-of-2.json",
-    ]
-    # A new run that finds the step-SAVED_AT checkpoint in its workdir, as after preemption.
-    workdir = tmp_path / "workdir"
-    shutil.copytree(saved, workdir / "checkpoints" / str(SAVED_AT))
-    resumed = run_processes(
-        workdir, tmp_path / "out", via_env=True, cache_dir=first_workdir.parent / "cache"
-    )
-
-    want_saved = _section(first[0], "at_step/")
-    for r in resumed:
-        assert int(r["start"]) == SAVED_AT
-        _assert_equal_trees(_section(r, "restored/"), want_saved, "restored state")
-        # Same batches only if each process's data iterator came back where it was saved.
-        np.testing.assert_array_equal(r["losses"], first[0]["losses"][SAVED_AT:])
-        _assert_equal_trees(_section(r, "final/"), _section(first[0], "final/"), "final state")
-    # ...and what the resumed pair saved at the end reads back the same, whole, anywhere.
-    got, _ = checkpoint.load_weights(str(workdir))
-    want, _ = checkpoint.load_weights(str(first_workdir), step=STEPS)
-    _assert_equal_trees(got, want, "step-4 checkpoints")
 
 
 # ---------------------------------------------------------------------------------------------

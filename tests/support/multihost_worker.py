@@ -2,10 +2,10 @@
 
 Joins the run through ``maskfeat_jax.distributed.initialize`` (arguments, or the MASKFEAT_*
 variables when an argument is left out), trains the tiny pretraining config of
-tests.support.steps on the global mesh, feeding only this process's half of every global
-batch, and saves Orbax checkpoints as the training loop does. A workdir that already holds a checkpoint resumes from
-it (model, optimizer, RNG and this process's data iterator). Writes the per-step losses and
-the whole state (model and optimizer, gathered) to ``OUT/process_<i>.npz``.
+tests.support.steps on the global mesh (parameters sharded over every process's devices),
+feeding only this process's half of every global batch. Writes the per-step losses and the
+whole state (model and optimizer, gathered) to ``OUT/process_<i>.npz``. (Checkpoints and
+resumes of multi-process runs go through the training command: tests/multihost/test_faults.py.)
 """
 
 import argparse
@@ -23,17 +23,13 @@ def parse_args():
     p.add_argument("--process_id", type=int)
     p.add_argument("--cpu_devices", type=int, default=4)
     p.add_argument("--timeout", type=int, default=60)
-    p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--save_every", type=int, required=True)
-    p.add_argument("--record_step", type=int, default=0, help="also gather the state here")
     return p.parse_args()
 
 
 def host_batches(config, process_id, num_processes):
-    """A grain iterator over this process's half of global batch 0, 1, 2, ... (its state
-    goes into the checkpoint as ``data/process_<i>-of-<n>.json``)."""
+    """A grain iterator over this process's half of global batch 0, 1, 2, ..."""
     import grain
 
     from tests.support.steps import random_batch
@@ -83,14 +79,12 @@ def main():
     import jax
     import numpy as np
 
-    from maskfeat_jax import checkpoint, loop, sharding
+    from maskfeat_jax import sharding
     from maskfeat_jax import trainer as trainer_lib
     from tests.support.steps import tiny_config
 
-    checkpoint.quiet_orbax_logging()
     process, processes = jax.process_index(), jax.process_count()
     config = tiny_config()  # global batch 8 on a (data 2, fsdp 4) mesh over all processes
-    config.checkpoint.update(every_steps=args.save_every, keep_latest=10, async_save=True)
     trainer = trainer_lib.build_trainer(config)
 
     # What to_global assumes of the mesh: process i's devices hold rows i*B/n .. (i+1)*B/n.
@@ -104,32 +98,24 @@ def main():
     assert rows == (process * per_host, (process + 1) * per_host), (process, sorted(held))
 
     data = host_batches(config, process, processes)
-    ckpts = checkpoint.RunCheckpoints.from_config(args.workdir, config)
-    state, rng, start, source = loop.initial_state(trainer, ckpts, data)
-    out = {}
-    if start:
-        out.update({f"restored/{k}": v for k, v in gathered(state, trainer.mesh).items()})
-    step_rng = sharding.replicate_key(rng, trainer.mesh)  # as train.run does
-    compiled = trainer.compile()  # the ahead-of-time step that train.run uses
+    rng = jax.random.key(config.seed)
+    state = trainer.init(rng)
+    step_rng = sharding.replicate_key(rng, trainer.mesh)  # as the training loop does
+    compiled = trainer.compile()  # the ahead-of-time step that the training loop uses
     losses = []
-    for step in range(start + 1, args.steps + 1):
+    for _ in range(args.steps):
         batch = sharding.to_global(next(data), trainer.batch_sharding)
         state, metrics = compiled(state, batch, step_rng)
         losses.append(float(metrics["loss"]))
-        ckpts.save(step, state, data=data, rng=rng, config=config)
-        if step == args.record_step:
-            out.update({f"at_step/{k}": v for k, v in gathered(state, trainer.mesh).items()})
-    ckpts.close()
-    out.update({f"final/{k}": v for k, v in gathered(state, trainer.mesh).items()})
+    out = {f"final/{k}": v for k, v in gathered(state, trainer.mesh).items()}
     os.makedirs(args.out, exist_ok=True)
     np.savez(
         os.path.join(args.out, f"process_{process}.npz"),
         losses=np.asarray(losses, np.float64),
-        start=start,
         counts=np.asarray([processes, jax.device_count(), jax.local_device_count()]),
         **out,
     )
-    print(f"process {process} of {processes}: {source}; losses {losses}", flush=True)
+    print(f"process {process} of {processes}: losses {losses}", flush=True)
 
 
 if __name__ == "__main__":
